@@ -1,0 +1,54 @@
+// Eigen views over raw tensor storage: the only place the library names Eigen types.
+#pragma once
+
+// GCC 12 reports its own AVX-512 intrinsics (_mm512_undefined_*) as reading uninitialised
+// values when Eigen inlines them (GCC bug 105593); the diagnostics are located in the
+// intrinsic headers that Eigen/Core includes, so they are silenced there only.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <Eigen/Core>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+#include "gradcam/shape.hpp"
+
+namespace gradcam::detail {
+
+template <class T>
+using RowMajorMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T>
+using MatrixMap = Eigen::Map<RowMajorMatrix<T>>;
+template <class T>
+using ConstMatrixMap = Eigen::Map<const RowMajorMatrix<T>>;
+template <class T>
+using VectorMap = Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>>;
+template <class T>
+using ConstVectorMap = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>>;
+template <class T>
+using ArrayMap = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>;
+template <class T>
+using ConstArrayMap = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>;
+
+// A rows x cols row-major matrix over `data`.
+template <class T>
+MatrixMap<T> matrix(T* data, index_t rows, index_t cols) {
+    return MatrixMap<T>(data, rows, cols);
+}
+template <class T>
+ConstMatrixMap<T> matrix(const T* data, index_t rows, index_t cols) {
+    return ConstMatrixMap<T>(data, rows, cols);
+}
+template <class T>
+ArrayMap<T> array(T* data, index_t size) {
+    return ArrayMap<T>(data, size);
+}
+template <class T>
+ConstArrayMap<T> array(const T* data, index_t size) {
+    return ConstArrayMap<T>(data, size);
+}
+
+}  // namespace gradcam::detail

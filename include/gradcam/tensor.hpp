@@ -1,0 +1,188 @@
+// Tensor<T>: an N-d array of T in one contiguous, row-major, 64-byte aligned buffer. It copies
+// like a value; ops view its storage through Eigen maps (see detail/eigen.hpp) for the maths.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <span>
+#include <type_traits>
+#include <vector>
+
+#include "gradcam/shape.hpp"
+
+namespace gradcam {
+
+namespace detail {
+
+struct AlignedFree {
+    void operator()(void* p) const { std::free(p); }
+};
+
+template <class T>
+std::unique_ptr<T[], AlignedFree> allocate_aligned(index_t count) {
+    if (count == 0) return nullptr;
+    constexpr std::size_t alignment = 64;
+    std::size_t bytes = static_cast<std::size_t>(count) * sizeof(T);
+    bytes = (bytes + alignment - 1) / alignment * alignment;
+    void* p = std::aligned_alloc(alignment, bytes);
+    if (!p) throw std::bad_alloc();
+    return std::unique_ptr<T[], AlignedFree>(static_cast<T*>(p));
+}
+
+}  // namespace detail
+
+template <class T>
+class Tensor {
+    static_assert(std::is_arithmetic_v<T>, "Tensor<T> holds arithmetic values");
+
+  public:
+    using value_type = T;
+
+    // An empty tensor, shape [0].
+    Tensor() = default;
+
+    // A zero-filled tensor.
+    explicit Tensor(Shape shape) : Tensor(std::move(shape), T(0)) {}
+
+    Tensor(Shape shape, T fill)
+        : shape_(std::move(shape)), data_(detail::allocate_aligned<T>(shape_.numel())) {
+        std::fill_n(data_.get(), size(), fill);
+    }
+
+    Tensor(Shape shape, std::span<const T> values)
+        : shape_(std::move(shape)), data_(detail::allocate_aligned<T>(shape_.numel())) {
+        if (static_cast<index_t>(values.size()) != shape_.numel())
+            throw shape_error(detail::concat("Tensor: ", values.size(), " values given for shape ",
+                                             shape_, ", which holds ", shape_.numel()));
+        std::copy(values.begin(), values.end(), data_.get());
+    }
+
+    Tensor(Shape shape, std::initializer_list<T> values)
+        : Tensor(std::move(shape), std::span<const T>(values.begin(), values.size())) {}
+
+    // Storage whose contents are unspecified: for ops that overwrite every element.
+    static Tensor uninitialized(Shape shape) {
+        Tensor t;
+        t.shape_ = std::move(shape);
+        t.data_ = detail::allocate_aligned<T>(t.shape_.numel());
+        return t;
+    }
+
+    Tensor(const Tensor& other) : Tensor(uninitialized(other.shape_)) {
+        std::copy_n(other.data(), size(), data());
+    }
+    Tensor& operator=(const Tensor& other) {
+        if (this != &other) *this = Tensor(other);
+        return *this;
+    }
+    Tensor(Tensor&& other) noexcept
+        : shape_(std::move(other.shape_)), data_(std::move(other.data_)) {
+        other.shape_ = Shape{0};
+    }
+    Tensor& operator=(Tensor&& other) noexcept {
+        shape_ = std::move(other.shape_);
+        data_ = std::move(other.data_);
+        other.shape_ = Shape{0};
+        return *this;
+    }
+
+    const Shape& shape() const { return shape_; }
+    index_t rank() const { return shape_.rank(); }
+    index_t dim(index_t axis) const { return shape_.dim(axis); }
+    index_t size() const { return shape_.numel(); }
+    bool empty() const { return size() == 0; }
+
+    T* data() { return data_.get(); }
+    const T* data() const { return data_.get(); }
+    std::span<T> values() { return {data(), static_cast<std::size_t>(size())}; }
+    std::span<const T> values() const { return {data(), static_cast<std::size_t>(size())}; }
+    T* begin() { return data(); }
+    T* end() { return data() + size(); }
+    const T* begin() const { return data(); }
+    const T* end() const { return data() + size(); }
+
+    T& operator[](index_t flat) { return data_[static_cast<std::size_t>(flat)]; }
+    const T& operator[](index_t flat) const { return data_[static_cast<std::size_t>(flat)]; }
+
+    // Element access by one index per axis, checked against the shape.
+    template <class... I>
+    requires(std::is_integral_v<I>&&...) T& operator()(I... index) {
+        return data_[static_cast<std::size_t>(offset_of({static_cast<index_t>(index)...}))];
+    }
+    template <class... I>
+    requires(std::is_integral_v<I>&&...) const T& operator()(I... index) const {
+        return data_[static_cast<std::size_t>(offset_of({static_cast<index_t>(index)...}))];
+    }
+
+    // The same values under another shape with the same number of elements.
+    Tensor reshaped(Shape shape) const& { return Tensor(*this).reshaped(std::move(shape)); }
+    Tensor reshaped(Shape shape) && {
+        if (shape.numel() != size())
+            throw shape_error(detail::concat("reshape: cannot view shape ", shape_, " as ", shape,
+                                             " (", size(), " vs ", shape.numel(), " elements)"));
+        Tensor t(std::move(*this));
+        t.shape_ = std::move(shape);
+        return t;
+    }
+
+    // The n-th sub-tensor along the first axis (one image of a batch), as a copy.
+    Tensor subtensor(index_t n) const {
+        if (rank() < 1 || n < 0 || n >= shape_[0])
+            throw shape_error(
+                detail::concat("subtensor: index ", n, " is out of range for shape ", shape_));
+        std::vector<index_t> dims(shape_.dims().begin() + 1, shape_.dims().end());
+        const index_t count = size() / shape_[0];
+        return Tensor(Shape(std::move(dims)),
+                      std::span<const T>(data() + n * count, static_cast<std::size_t>(count)));
+    }
+
+    template <class U>
+    Tensor<U> cast() const {
+        Tensor<U> out = Tensor<U>::uninitialized(shape_);
+        std::transform(begin(), end(), out.begin(), [](T v) { return static_cast<U>(v); });
+        return out;
+    }
+
+    void fill(T value) { std::fill_n(data(), size(), value); }
+
+  private:
+    index_t offset_of(std::initializer_list<index_t> index) const {
+        if (static_cast<index_t>(index.size()) != rank())
+            throw shape_error(detail::concat("Tensor: ", index.size(),
+                                             " indices given for a tensor of shape ", shape_));
+        index_t offset = 0, axis = 0;
+        for (index_t i : index) {
+            if (i < 0 || i >= shape_[axis])
+                throw shape_error(detail::concat("Tensor: index ", i, " on axis ", axis,
+                                                 " is out of range for shape ", shape_));
+            offset = offset * shape_[axis] + i;
+            ++axis;
+        }
+        return offset;
+    }
+
+    Shape shape_{0};
+    std::unique_ptr<T[], detail::AlignedFree> data_;
+};
+
+// Largest |a - b| over all elements; shapes must match.
+template <class T>
+T max_abs_difference(const Tensor<T>& a, const Tensor<T>& b) {
+    detail::expect_same_shape(a.shape(), b.shape(), "max_abs_difference");
+    T worst = 0;
+    for (index_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(a[i] - b[i]));
+    return worst;
+}
+
+template <class T>
+T max_abs(const Tensor<T>& a) {
+    T m = 0;
+    for (T v : a) m = std::max(m, std::abs(v));
+    return m;
+}
+
+}  // namespace gradcam

@@ -1,0 +1,55 @@
+// Tensor and Shape: value semantics, indexing, reshaping, and the messages of their errors.
+#include <doctest/doctest.h>
+
+#include "gradcam/tensor.hpp"
+
+using gradcam::index_t;
+using gradcam::Shape;
+using gradcam::Tensor;
+
+TEST_CASE("tensor: construction, indexing and value semantics") {
+    Tensor<float> t(Shape{2, 3}, {1, 2, 3, 4, 5, 6});
+    CHECK(t.size() == 6);
+    CHECK(t.rank() == 2);
+    CHECK(t(1, 2) == 6);
+    CHECK(t(0, 1) == 2);
+    CHECK(t.dim(-1) == 3);
+
+    Tensor<float> copy = t;
+    copy(0, 0) = 42;
+    CHECK(t(0, 0) == 1);  // a copy owns its own storage
+    Tensor<float> moved = std::move(copy);
+    CHECK(moved(0, 0) == 42);
+    CHECK(copy.size() == 0);
+
+    CHECK(Tensor<double>(Shape{4}).values()[3] == 0.0);  // zero-filled by default
+    CHECK(Tensor<float>(Shape{}, 7.0f).size() == 1);     // a scalar has shape []
+    CHECK(Tensor<float>(Shape{}, 7.0f)[0] == 7.0f);
+    CHECK(reinterpret_cast<std::uintptr_t>(Tensor<float>(Shape{3, 5}).data()) % 64 == 0);
+}
+
+TEST_CASE("tensor: reshape keeps values and checks the element count") {
+    Tensor<int> t(Shape{2, 3}, {0, 1, 2, 3, 4, 5});
+    Tensor<int> r = t.reshaped(Shape{3, 2});
+    CHECK(r(2, 1) == 5);
+    CHECK(r.shape() == Shape{3, 2});
+    CHECK_THROWS_WITH_AS(t.reshaped(Shape{4, 2}),
+                         "reshape: cannot view shape [2, 3] as [4, 2] (6 vs 8 elements)",
+                         gradcam::shape_error);
+    CHECK(t.cast<double>()(1, 1) == 4.0);
+}
+
+TEST_CASE("tensor: errors name the shape and the offending index") {
+    Tensor<float> t(Shape{2, 3});
+    CHECK_THROWS_WITH_AS(t(2, 0), "Tensor: index 2 on axis 0 is out of range for shape [2, 3]",
+                         gradcam::shape_error);
+    CHECK_THROWS_WITH_AS(t(1), "Tensor: 1 indices given for a tensor of shape [2, 3]",
+                         gradcam::shape_error);
+    CHECK_THROWS_WITH_AS((Tensor<float>(Shape{2, 2}, {1.0f, 2.0f, 3.0f})),
+                         "Tensor: 3 values given for shape [2, 2], which holds 4",
+                         gradcam::shape_error);
+    CHECK_THROWS_AS(Shape({2, -1}), gradcam::shape_error);
+    CHECK_THROWS_WITH_AS(Shape({2, 3}).normalise_axis(2), "axis 2 is out of range for shape [2, 3]",
+                         gradcam::argument_error);
+    CHECK(Shape({2, 3}).normalise_axis(-1) == 1);
+}
