@@ -1,0 +1,77 @@
+// Lowering a convolution to a matrix product: im2col gathers, for every output position, the
+// input values under the kernel into one column; col2im scatters such columns back (adding),
+// which is the adjoint of im2col and so gives the input gradient.
+#pragma once
+
+#include <algorithm>
+
+#include "gradcam/shape.hpp"
+
+namespace gradcam::detail {
+
+struct ConvGeometry {
+    index_t channels = 0, height = 0, width = 0;  // of one group's input planes
+    index_t kernel_h = 0, kernel_w = 0;
+    index_t stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0, dilation_h = 1, dilation_w = 1;
+    index_t out_h = 0, out_w = 0;
+
+    index_t rows() const { return channels * kernel_h * kernel_w; }
+    index_t cols() const { return out_h * out_w; }
+    // A 1x1 kernel with unit stride and no padding reads the input planes as they are.
+    bool is_pointwise() const {
+        return kernel_h == 1 && kernel_w == 1 && stride_h == 1 && stride_w == 1 && pad_h == 0 &&
+               pad_w == 0;
+    }
+};
+
+// col[(c*kh + i)*kw + j][oh*out_w + ow] = x[c][oh*sh - ph + i*dh][ow*sw - pw + j*dw], or 0 in
+// the padding. `x` holds g.channels planes; `col` has g.rows() x g.cols() entries.
+template <class T>
+void im2col(const T* x, const ConvGeometry& g, T* col) {
+    const index_t plane = g.height * g.width;
+    for (index_t c = 0; c < g.channels; ++c)
+        for (index_t i = 0; i < g.kernel_h; ++i)
+            for (index_t j = 0; j < g.kernel_w; ++j) {
+                T* row = col + ((c * g.kernel_h + i) * g.kernel_w + j) * g.cols();
+                const T* src = x + c * plane;
+                for (index_t oh = 0; oh < g.out_h; ++oh) {
+                    T* out = row + oh * g.out_w;
+                    const index_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
+                    if (ih < 0 || ih >= g.height) {
+                        std::fill_n(out, g.out_w, T(0));
+                        continue;
+                    }
+                    const T* line = src + ih * g.width;
+                    const index_t offset = j * g.dilation_w - g.pad_w;
+                    for (index_t ow = 0; ow < g.out_w; ++ow) {
+                        const index_t iw = ow * g.stride_w + offset;
+                        out[ow] = (iw >= 0 && iw < g.width) ? line[iw] : T(0);
+                    }
+                }
+            }
+}
+
+// The adjoint of im2col: x[c][ih][iw] += every col entry that im2col read from there.
+template <class T>
+void col2im_add(const T* col, const ConvGeometry& g, T* x) {
+    const index_t plane = g.height * g.width;
+    for (index_t c = 0; c < g.channels; ++c)
+        for (index_t i = 0; i < g.kernel_h; ++i)
+            for (index_t j = 0; j < g.kernel_w; ++j) {
+                const T* row = col + ((c * g.kernel_h + i) * g.kernel_w + j) * g.cols();
+                T* dst = x + c * plane;
+                for (index_t oh = 0; oh < g.out_h; ++oh) {
+                    const index_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
+                    if (ih < 0 || ih >= g.height) continue;
+                    const T* in = row + oh * g.out_w;
+                    T* line = dst + ih * g.width;
+                    const index_t offset = j * g.dilation_w - g.pad_w;
+                    for (index_t ow = 0; ow < g.out_w; ++ow) {
+                        const index_t iw = ow * g.stride_w + offset;
+                        if (iw >= 0 && iw < g.width) line[iw] += in[ow];
+                    }
+                }
+            }
+}
+
+}  // namespace gradcam::detail

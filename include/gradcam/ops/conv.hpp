@@ -1,0 +1,150 @@
+// 2-d convolution (cross-correlation, as in PyTorch) with stride, zero padding, dilation,
+// groups and an optional bias, lowered to one GEMM per image and group through im2col.
+#pragma once
+
+#include <vector>
+
+#include "gradcam/detail/eigen.hpp"
+#include "gradcam/detail/im2col.hpp"
+#include "gradcam/tape.hpp"
+
+namespace gradcam {
+
+struct Conv2dOptions {
+    Size2 stride = 1;
+    Size2 padding = 0;
+    Size2 dilation = 1;
+    index_t groups = 1;
+};
+
+namespace detail {
+
+// Checks the operands of conv2d and returns the geometry of one group.
+inline ConvGeometry conv_geometry(const Shape& x, const Shape& w, const Shape* bias,
+                                  const Conv2dOptions& o) {
+    expect_rank(x, 4, "conv2d input", "N, C, H, W");
+    expect_rank(w, 4, "conv2d weight", "out_channels, in_channels/groups, kH, kW");
+    if (o.groups < 1 || o.stride.h < 1 || o.stride.w < 1 || o.dilation.h < 1 || o.dilation.w < 1 ||
+        o.padding.h < 0 || o.padding.w < 0)
+        throw argument_error(concat("conv2d: groups, stride and dilation must be positive and ",
+                                    "padding non-negative (groups ", o.groups, ", stride ",
+                                    o.stride.h, "x", o.stride.w, ", padding ", o.padding.h, "x",
+                                    o.padding.w, ", dilation ", o.dilation.h, "x", o.dilation.w,
+                                    ")"));
+    if (x[1] != w[1] * o.groups || w[0] % o.groups != 0)
+        throw shape_error(concat("conv2d: input ", x, " and weight ", w, " do not fit with ",
+                                 o.groups, " group(s): need input channels = weight.size(1) * ",
+                                 "groups and out_channels divisible by groups"));
+    if (bias && (bias->rank() != 1 || (*bias)[0] != w[0]))
+        throw shape_error(concat("conv2d: bias has shape ", *bias, ", expected [", w[0], "]"));
+    ConvGeometry g;
+    g.channels = w[1];
+    g.height = x[2];
+    g.width = x[3];
+    g.kernel_h = w[2];
+    g.kernel_w = w[3];
+    g.stride_h = o.stride.h;
+    g.stride_w = o.stride.w;
+    g.pad_h = o.padding.h;
+    g.pad_w = o.padding.w;
+    g.dilation_h = o.dilation.h;
+    g.dilation_w = o.dilation.w;
+    const index_t reach_h = o.dilation.h * (w[2] - 1) + 1, reach_w = o.dilation.w * (w[3] - 1) + 1;
+    if (x[2] + 2 * o.padding.h < reach_h || x[3] + 2 * o.padding.w < reach_w)
+        throw shape_error(concat("conv2d: input ", x, " padded by ", o.padding.h, "x", o.padding.w,
+                                 " is smaller than the dilated kernel ", reach_h, "x", reach_w));
+    g.out_h = (x[2] + 2 * o.padding.h - reach_h) / o.stride.h + 1;
+    g.out_w = (x[3] + 2 * o.padding.w - reach_w) / o.stride.w + 1;
+    return g;
+}
+
+}  // namespace detail
+
+// forward:  y[n, o] = b[o] + sum_{c in group(o), i, j} w[o, c, i, j] * x[n, c, oh*s + i*d - p, ...]
+//           computed per image n and group g as Y_g = W_g * im2col(X_g).
+// backward: dW_g += dY_g * im2col(X_g)^T,  dX_g += col2im(W_g^T * dY_g),  db[o] += sum dY[., o].
+template <class T>
+Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
+              const Conv2dOptions& options = {}) {
+    const Shape bias_shape = bias ? bias.shape() : Shape();
+    const detail::ConvGeometry g =
+        detail::conv_geometry(x.shape(), weight.shape(), bias ? &bias_shape : nullptr, options);
+    const index_t batch = x.shape()[0], groups = options.groups;
+    const index_t out_channels = weight.shape()[0], group_out = out_channels / groups;
+    const index_t in_plane = g.height * g.width * g.channels;  // one group's input
+    const index_t out_plane = g.cols() * group_out;            // one group's output
+
+    Tensor<T> y = Tensor<T>::uninitialized(Shape{batch, out_channels, g.out_h, g.out_w});
+    std::vector<T> col(g.is_pointwise() ? 0 : static_cast<std::size_t>(g.rows() * g.cols()));
+    const T* xs = x.value().data();
+    const T* ws = weight.value().data();
+    for (index_t n = 0; n < batch; ++n)
+        for (index_t gi = 0; gi < groups; ++gi) {
+            const T* x_group = xs + (n * groups + gi) * in_plane;
+            const T* lowered = x_group;
+            if (!g.is_pointwise()) {
+                detail::im2col(x_group, g, col.data());
+                lowered = col.data();
+            }
+            auto out =
+                detail::matrix(y.data() + (n * groups + gi) * out_plane, group_out, g.cols());
+            out.noalias() = detail::matrix(ws + gi * group_out * g.rows(), group_out, g.rows()) *
+                            detail::matrix(lowered, g.rows(), g.cols());
+            if (bias)
+                out.colwise() +=
+                    detail::ConstVectorMap<T>(bias.value().data() + gi * group_out, group_out);
+        }
+
+    auto backward = [g, groups, group_out, in_plane, out_plane](
+                        const Node<T>& self, const Tensor<T>& dy, GradientSink<T>& sink) {
+        const Tensor<T>& xv = self.input(0).value();
+        const Tensor<T>& wv = self.input(1).value();
+        const index_t batch = xv.shape()[0];
+        const bool want_x = sink.wants(0), want_w = sink.wants(1);
+        const bool want_b = self.input_count() > 2 && sink.wants(2);
+        std::vector<T> col(g.is_pointwise() ? 0 : static_cast<std::size_t>(g.rows() * g.cols()));
+        for (index_t n = 0; n < batch; ++n)
+            for (index_t gi = 0; gi < groups; ++gi) {
+                auto dy_g =
+                    detail::matrix(dy.data() + (n * groups + gi) * out_plane, group_out, g.cols());
+                auto w_g =
+                    detail::matrix(wv.data() + gi * group_out * g.rows(), group_out, g.rows());
+                if (want_x) {
+                    T* dx_group = sink.of(0).data() + (n * groups + gi) * in_plane;
+                    if (g.is_pointwise()) {
+                        detail::matrix(dx_group, g.rows(), g.cols()).noalias() +=
+                            w_g.transpose() * dy_g;
+                    } else {
+                        detail::matrix(col.data(), g.rows(), g.cols()).noalias() =
+                            w_g.transpose() * dy_g;
+                        detail::col2im_add(col.data(), g, dx_group);
+                    }
+                }
+                if (want_w) {
+                    const T* x_group = xv.data() + (n * groups + gi) * in_plane;
+                    const T* lowered = x_group;
+                    if (!g.is_pointwise()) {
+                        detail::im2col(x_group, g, col.data());
+                        lowered = col.data();
+                    }
+                    detail::matrix(sink.of(1).data() + gi * group_out * g.rows(), group_out,
+                                   g.rows())
+                        .noalias() +=
+                        dy_g * detail::matrix(lowered, g.rows(), g.cols()).transpose();
+                }
+                if (want_b)
+                    detail::VectorMap<T>(sink.of(2).data() + gi * group_out, group_out) +=
+                        dy_g.rowwise().sum();
+            }
+    };
+    if (bias)
+        return x.tape().record("conv2d", std::move(y), {x, weight, bias}, std::move(backward));
+    return x.tape().record("conv2d", std::move(y), {x, weight}, std::move(backward));
+}
+
+template <class T>
+Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Conv2dOptions& options = {}) {
+    return conv2d(x, weight, Var<T>(), options);
+}
+
+}  // namespace gradcam

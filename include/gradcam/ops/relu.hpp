@@ -1,0 +1,41 @@
+// relu(x) = max(x, 0). Its backward follows the rule the backward pass is run with, which is
+// what turns one recorded graph into guided backpropagation or a deconvnet on demand.
+#pragma once
+
+#include "gradcam/detail/eigen.hpp"
+#include "gradcam/tape.hpp"
+
+namespace gradcam {
+
+// forward:  y = max(x, 0)
+// backward: standard  dx = dy * [x > 0]
+//           guided    dx = dy * [x > 0] * [dy > 0]
+//           deconvnet dx = dy * [dy > 0]
+// [x > 0] is read from the output (y > 0 exactly when x > 0), so x need not be kept.
+template <class T>
+Var<T> relu(const Var<T>& x) {
+    Tensor<T> y = Tensor<T>::uninitialized(x.shape());
+    detail::array(y.data(), y.size()) = detail::array(x.value().data(), y.size()).max(T(0));
+    return x.tape().record("relu", std::move(y), {x},
+                           [](const Node<T>& self, const Tensor<T>& dy, GradientSink<T>& sink) {
+                               if (!sink.wants(0)) return;
+                               const index_t n = dy.size();
+                               auto out = detail::array(self.value().data(), n);
+                               auto g = detail::array(dy.data(), n);
+                               auto dx = detail::array(sink.of(0).data(), n);
+                               const T zero(0);
+                               switch (sink.options().relu) {
+                                   case ReluRule::standard:
+                                       dx += (out > zero).select(g, zero);
+                                       break;
+                                   case ReluRule::guided:
+                                       dx += (out > zero && g > zero).select(g, zero);
+                                       break;
+                                   case ReluRule::deconvnet:
+                                       dx += g.max(zero);
+                                       break;
+                               }
+                           });
+}
+
+}  // namespace gradcam

@@ -1,0 +1,400 @@
+// The reverse-mode tape (define-by-run, like PyTorch autograd). Ops append a node holding
+// their output, their inputs and a closure computing the vector-Jacobian product; nodes are
+// appended in execution order, so the tape is already topologically sorted.
+//
+// gradient() sweeps, in reverse, only the nodes that lie on a path from a requested variable
+// to the root, and leaves the tape unchanged: one recorded forward serves many backward
+// passes. The ReLU rule (standard, guided, deconvnet) is an argument of the backward pass,
+// so one recorded graph yields both Grad-CAM and guided backpropagation.
+#pragma once
+
+#include <algorithm>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "gradcam/tensor.hpp"
+
+namespace gradcam {
+
+// How a ReLU passes gradients back (Springenberg et al. 2015, Fig. 1).
+enum class ReluRule {
+    standard,   // dx = dy * [x > 0]
+    guided,     // dx = dy * [x > 0] * [dy > 0]      (guided backpropagation)
+    deconvnet,  // dx = dy * [dy > 0]                (Zeiler & Fergus 2014)
+};
+
+struct GradientOptions {
+    ReluRule relu = ReluRule::standard;
+};
+
+template <class T>
+class Tape;
+template <class T>
+class Node;
+template <class T>
+class GradientSink;
+
+// An op's backward: given the gradient of the loss with respect to the node's output, add the
+// gradient with respect to each input that `sink.wants(i)` into `sink.of(i)`.
+template <class T>
+using Backward =
+    std::function<void(const Node<T>& self, const Tensor<T>& grad_output, GradientSink<T>& sink)>;
+
+template <class T>
+class Node {
+  public:
+    const Tensor<T>& value() const { return external_ ? *external_ : value_; }
+    const std::string& op() const { return op_; }
+    const std::vector<std::string>& names() const { return names_; }
+    std::size_t input_count() const { return inputs_.size(); }
+    const Node& input(std::size_t i) const { return *inputs_[i]; }
+    // Gradients can reach this node: it is a variable, a trained parameter, or was recorded
+    // from such a node.
+    bool differentiable() const { return position_ >= 0; }
+    Tape<T>& tape() const { return *tape_; }
+
+    // A readable label for messages: the node's first name, else its op.
+    std::string label() const {
+        return names_.empty() ? op_ : detail::concat(op_, " '", names_.back(), "'");
+    }
+
+  private:
+    friend class Tape<T>;
+    friend class GradientSink<T>;
+
+    Tensor<T> value_;
+    const Tensor<T>* external_ = nullptr;  // a module's parameter, referred to without a copy
+    std::string op_;
+    std::vector<std::string> names_;
+    std::vector<std::shared_ptr<Node>> inputs_;
+    Backward<T> backward_;
+    Tape<T>* tape_ = nullptr;
+    index_t position_ = -1;  // index on the tape; -1 when not recorded
+};
+
+// A handle to a value computed on a tape. Cheap to copy; it keeps its value alive.
+template <class T>
+class Var {
+  public:
+    using value_type = T;
+
+    Var() = default;
+
+    const Tensor<T>& value() const { return node().value(); }
+    const Shape& shape() const { return node().value().shape(); }
+    const Node<T>& node() const {
+        if (!node_) throw argument_error("use of an empty gradcam::Var");
+        return *node_;
+    }
+    Tape<T>& tape() const { return node().tape(); }
+    bool differentiable() const { return node().differentiable(); }
+    explicit operator bool() const { return node_ != nullptr; }
+
+    friend bool operator==(const Var& a, const Var& b) { return a.node_ == b.node_; }
+
+  private:
+    friend class Tape<T>;
+    explicit Var(std::shared_ptr<Node<T>> node) : node_(std::move(node)) {}
+    std::shared_ptr<Node<T>> node_;
+};
+
+// What an op's backward closure writes into.
+template <class T>
+class GradientSink {
+  public:
+    // Does input `i` lie on a path to a requested variable? If not, skip its gradient.
+    bool wants(std::size_t i) const {
+        const Node<T>& in = *node_->inputs_[i];
+        return in.position_ >= lowest_ && (*needed_)[index(in)];
+    }
+
+    // The accumulator for input `i`'s gradient, zero on first use. Always add to it: an
+    // input used by several ops receives the sum of their contributions.
+    Tensor<T>& of(std::size_t i) {
+        GRADCAM_ASSERT(wants(i));
+        const Node<T>& in = *node_->inputs_[i];
+        auto& slot = (*grads_)[index(in)];
+        if (!slot) slot = std::make_unique<Tensor<T>>(in.value().shape());
+        return *slot;
+    }
+
+    const GradientOptions& options() const { return *options_; }
+
+  private:
+    friend class Tape<T>;
+    std::size_t index(const Node<T>& n) const {
+        return static_cast<std::size_t>(n.position_ - lowest_);
+    }
+
+    const Node<T>* node_ = nullptr;
+    std::vector<std::unique_ptr<Tensor<T>>>* grads_ = nullptr;
+    const std::vector<char>* needed_ = nullptr;
+    const GradientOptions* options_ = nullptr;
+    index_t lowest_ = 0;
+};
+
+template <class T>
+class Tape {
+  public:
+    Tape() = default;
+    Tape(const Tape&) = delete;
+    Tape& operator=(const Tape&) = delete;
+
+    // A value gradients never flow to (an input that is not being explained).
+    Var<T> constant(Tensor<T> value) { return Var<T>(make_node("constant", std::move(value))); }
+
+    // A leaf whose gradient can be asked for (an input image for saliency maps).
+    Var<T> variable(Tensor<T> value) {
+        auto node = make_node("variable", std::move(value));
+        append(node);
+        return Var<T>(std::move(node));
+    }
+
+    // A module's parameter, referred to without a copy: the tensor must outlive the tape. It
+    // is differentiable only while parameter gradients are switched on (training).
+    Var<T> parameter(const Tensor<T>& value) {
+        auto node = make_node("parameter", Tensor<T>());
+        node->external_ = &value;
+        if (parameters_differentiable_) append(node);
+        return Var<T>(std::move(node));
+    }
+
+    void set_parameters_differentiable(bool on) { parameters_differentiable_ = on; }
+    bool parameters_differentiable() const { return parameters_differentiable_; }
+
+    // Keep no backward state until the value named `layer` is produced; that value then
+    // becomes a variable. Everything before it runs as in inference and is freed as soon as
+    // the forward moves on, which is all a layer's Grad-CAM needs.
+    void record_from(std::string layer) {
+        record_from_ = std::move(layer);
+        recording_ = false;
+    }
+    bool recording() const { return recording_; }
+
+    // Append an op's result. When no input is differentiable, or recording is off, the node
+    // keeps neither its inputs nor its closure.
+    Var<T> record(std::string op, Tensor<T> value, const std::vector<Var<T>>& inputs,
+                  Backward<T> backward) {
+        auto node = make_node(std::move(op), std::move(value));
+        if (recording_ && std::any_of(inputs.begin(), inputs.end(), [&](const Var<T>& in) {
+                return in.node_ && in.node().differentiable();
+            })) {
+            for (const Var<T>& in : inputs) {
+                if (!in.node_) continue;
+                check_same_tape(in, node->op_.c_str());
+                node->inputs_.push_back(in.node_);
+            }
+            node->backward_ = std::move(backward);
+            append(node);
+        }
+        return Var<T>(std::move(node));
+    }
+
+    // Would an op with these inputs record a backward? Ops ask before keeping extra state.
+    bool will_record(const std::vector<Var<T>>& inputs) const {
+        return recording_ && std::any_of(inputs.begin(), inputs.end(), [](const Var<T>& in) {
+                   return in.node_ && in.node().differentiable();
+               });
+    }
+
+    // Give `v` a name (a module path such as "layer4.1.conv2") by which it can be found.
+    // A node may carry several names (a Sequential and its last child share an output); when
+    // a name is given twice, find() returns the latest value, as a forward hook would.
+    // Named values are kept for find(), except those computed before a record_from() start,
+    // which are released as the forward moves on.
+    void name(const Var<T>& v, const std::string& name) {
+        check_same_tape(v, "name");
+        Node<T>& node = *v.node_;
+        node.names_.push_back(name);
+        if (!named_.contains(name)) name_order_.push_back(name);
+        if (!recording_ && name == record_from_) {
+            recording_ = true;
+            node.inputs_.clear();
+            node.backward_ = nullptr;
+            append(v.node_);
+        }
+        Named& entry = named_[name];
+        entry.weak = v.node_;
+        entry.kept = recording_ ? v.node_ : nullptr;
+    }
+
+    // The value named `name`. Throws lookup_error listing the known names if there is none.
+    Var<T> find(std::string_view name) const {
+        auto it = named_.find(std::string(name));
+        if (it == named_.end())
+            throw lookup_error(detail::concat("no layer named '", name,
+                                              "' was computed; known names: ", known_names()));
+        auto node = it->second.weak.lock();
+        if (!node)
+            throw lookup_error(detail::concat(
+                "layer '", name, "' was computed but has been released: it lies before the ",
+                "recording start '", record_from_, "'"));
+        return Var<T>(std::move(node));
+    }
+
+    bool contains(std::string_view name) const { return named_.contains(std::string(name)); }
+
+    // Every name given on this tape, in order of first appearance.
+    const std::vector<std::string>& names() const { return name_order_; }
+
+    // Number of nodes that keep backward state.
+    std::size_t size() const { return nodes_.size(); }
+
+    // d root / d wrt[i] for a scalar root.
+    std::vector<Tensor<T>> gradient(const Var<T>& root, const std::vector<Var<T>>& wrt,
+                                    const GradientOptions& options = {}) const {
+        if (root.shape().numel() != 1)
+            throw shape_error(detail::concat(
+                "gradient: the root ", root.node().label(), " has shape ", root.shape(),
+                "; reduce it to a scalar (sum, select) or pass a seed of that shape"));
+        return gradient(root, Tensor<T>(root.shape(), T(1)), wrt, options);
+    }
+
+    // The vector-Jacobian product seed^T * d root / d wrt[i], for each i.
+    std::vector<Tensor<T>> gradient(const Var<T>& root, const Tensor<T>& seed,
+                                    const std::vector<Var<T>>& wrt,
+                                    const GradientOptions& options = {}) const {
+        check_same_tape(root, "gradient");
+        if (seed.shape() != root.shape())
+            throw shape_error(detail::concat("gradient: seed has shape ", seed.shape(),
+                                             " but the root has shape ", root.shape()));
+        for (std::size_t i = 0; i < wrt.size(); ++i) {
+            check_same_tape(wrt[i], "gradient");
+            if (!wrt[i].differentiable())
+                throw argument_error(detail::concat(
+                    "gradient: wrt[", i, "] (", wrt[i].node().label(),
+                    ") is not differentiable: make it with Tape::variable, or start recording "
+                    "at or before it"));
+        }
+        std::vector<Tensor<T>> result;
+        if (wrt.empty()) return result;
+        if (!root.differentiable()) {
+            for (const Var<T>& w : wrt) result.emplace_back(w.shape());
+            return result;
+        }
+
+        // A variable made after the root cannot influence it: it keeps a zero gradient.
+        const index_t top = root.node().position_;
+        index_t lowest = top;
+        for (const Var<T>& w : wrt)
+            if (w.node().position_ <= top) lowest = std::min(lowest, w.node().position_);
+        const std::size_t span = static_cast<std::size_t>(top - lowest + 1);
+        auto slot = [&](const Node<T>& n) {
+            return static_cast<std::size_t>(n.position_ - lowest);
+        };
+        auto in_span = [&](const Node<T>& n) {
+            return n.position_ >= lowest && n.position_ <= top;
+        };
+
+        // A node is needed when it depends on a requested variable and the root depends on it.
+        std::vector<char> is_wrt(span, 0), depends(span, 0), needed(span, 0);
+        for (const Var<T>& w : wrt)
+            if (in_span(w.node())) is_wrt[slot(w.node())] = depends[slot(w.node())] = 1;
+        for (index_t p = lowest; p <= top; ++p) {
+            const Node<T>& n = *nodes_[static_cast<std::size_t>(p)];
+            for (const auto& in : n.inputs_)
+                if (in->position_ >= lowest && depends[slot(*in)]) depends[slot(n)] = 1;
+        }
+        needed[span - 1] = depends[span - 1];
+        for (index_t p = top; p >= lowest; --p) {
+            const Node<T>& n = *nodes_[static_cast<std::size_t>(p)];
+            if (!needed[slot(n)]) continue;
+            for (const auto& in : n.inputs_)
+                if (in->position_ >= lowest && depends[slot(*in)]) needed[slot(*in)] = 1;
+        }
+
+        std::vector<std::unique_ptr<Tensor<T>>> grads(span);
+        grads[span - 1] = std::make_unique<Tensor<T>>(seed);
+        GradientSink<T> sink;
+        sink.grads_ = &grads;
+        sink.needed_ = &needed;
+        sink.options_ = &options;
+        sink.lowest_ = lowest;
+        for (index_t p = top; p >= lowest; --p) {
+            const Node<T>& n = *nodes_[static_cast<std::size_t>(p)];
+            const std::size_t s = slot(n);
+            if (!needed[s] || !grads[s] || !n.backward_) continue;
+            sink.node_ = &n;
+            n.backward_(n, *grads[s], sink);
+            if (!is_wrt[s]) grads[s].reset();  // consumed: free it as the sweep goes down
+        }
+
+        for (const Var<T>& w : wrt) {
+            const bool reached = in_span(w.node()) && grads[slot(w.node())];
+            result.push_back(reached ? *grads[slot(w.node())] : Tensor<T>(w.shape()));
+        }
+        return result;
+    }
+
+    // For training: the gradient of `loss` for every parameter recorded on this tape, keyed by
+    // the module tensor it refers to (a parameter used twice gets the sum).
+    std::unordered_map<const Tensor<T>*, Tensor<T>> parameter_gradients(const Var<T>& loss) const {
+        std::vector<Var<T>> params;
+        for (const auto& n : nodes_)
+            if (n->external_) params.push_back(Var<T>(n));
+        std::vector<Tensor<T>> grads = gradient(loss, params);
+        std::unordered_map<const Tensor<T>*, Tensor<T>> by_tensor;
+        for (std::size_t i = 0; i < params.size(); ++i) {
+            const Tensor<T>* key = params[i].node_->external_;
+            auto [it, fresh] = by_tensor.try_emplace(key, std::move(grads[i]));
+            if (!fresh)
+                for (index_t j = 0; j < it->second.size(); ++j) it->second[j] += grads[i][j];
+        }
+        return by_tensor;
+    }
+
+  private:
+    std::shared_ptr<Node<T>> make_node(std::string op, Tensor<T> value) {
+        auto node = std::make_shared<Node<T>>();
+        node->op_ = std::move(op);
+        node->value_ = std::move(value);
+        node->tape_ = this;
+        return node;
+    }
+
+    void append(const std::shared_ptr<Node<T>>& node) {
+        node->position_ = static_cast<index_t>(nodes_.size());
+        nodes_.push_back(node);
+    }
+
+    void check_same_tape(const Var<T>& v, const char* op) const {
+        if (!v.node_) throw argument_error(detail::concat(op, ": an operand is an empty Var"));
+        if (v.node_->tape_ != this)
+            throw argument_error(
+                detail::concat(op, ": ", v.node_->label(), " belongs to another tape"));
+    }
+
+    std::string known_names() const {
+        if (name_order_.empty()) return "(none: name values with Tape::name or use nn modules)";
+        std::string list;
+        for (std::size_t i = 0; i < name_order_.size(); ++i) {
+            if (i == 40) return list + ", ... (" + std::to_string(name_order_.size()) + " in all)";
+            list += (i ? ", " : "") + name_order_[i];
+        }
+        return list;
+    }
+
+    std::vector<std::shared_ptr<Node<T>>> nodes_;
+    struct Named {
+        std::weak_ptr<Node<T>> weak;
+        std::shared_ptr<Node<T>> kept;  // null for values released before the recording start
+    };
+    std::unordered_map<std::string, Named> named_;
+    std::vector<std::string> name_order_;
+    std::string record_from_;
+    bool recording_ = true;
+    bool parameters_differentiable_ = false;
+};
+
+// Names `v` on its tape and returns it, for use inside expressions.
+template <class T>
+Var<T> named(Var<T> v, const std::string& name) {
+    v.tape().name(v, name);
+    return v;
+}
+
+}  // namespace gradcam
