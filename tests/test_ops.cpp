@@ -1,0 +1,85 @@
+// Forward values of every op against PyTorch (tests/data/ops.safetensors, made by
+// scripts/make_goldens.py), in float and in double. Each case's configuration is read from the
+// file's metadata, so the script is the one place that states it.
+#include <doctest/doctest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "small_nets.hpp"
+
+using namespace gradcam;
+using small_nets::check_close;
+
+namespace {
+
+Size2 size2(const nlohmann::json& value) {
+    if (value.is_array()) return Size2(value[0].get<index_t>(), value[1].get<index_t>());
+    return Size2(value.get<index_t>());
+}
+
+// Runs the op that `config` describes on the case's stored inputs.
+template <class T>
+Tensor<T> run_case(const io::SafetensorsFile& file, const std::string& name,
+                   const nlohmann::json& config) {
+    auto input = [&](const char* suffix) { return file.read<T>(name + suffix); };
+    auto maybe = [&](Tape<T>& tape, const char* suffix) {
+        return file.contains(name + suffix) ? tape.constant(input(suffix)) : Var<T>();
+    };
+    Tape<T> tape;
+    const Var<T> x = tape.constant(input(".x"));
+    const std::string op = config.at("op");
+    if (op == "conv2d")
+        return conv2d(x, tape.constant(input(".w")), maybe(tape, ".b"),
+                      {.stride = size2(config["stride"]),
+                       .padding = size2(config["padding"]),
+                       .dilation = size2(config["dilation"]),
+                       .groups = config["groups"].get<index_t>()})
+            .value();
+    if (op == "max_pool2d" || op == "avg_pool2d") {
+        const Pool2dOptions options{.kernel = size2(config["kernel_size"]),
+                                    .stride = size2(config["stride"]),
+                                    .padding = size2(config["padding"]),
+                                    .dilation = size2(config.value("dilation", nlohmann::json(1))),
+                                    .ceil_mode = config["ceil_mode"].get<bool>(),
+                                    .count_include_pad = config.value("count_include_pad", true)};
+        return (op == "max_pool2d" ? max_pool2d(x, options) : avg_pool2d(x, options)).value();
+    }
+    if (op == "adaptive_avg_pool2d")
+        return adaptive_avg_pool2d(x, size2(config["output_size"])).value();
+    if (op == "linear") return linear(x, tape.constant(input(".w")), maybe(tape, ".b")).value();
+    if (op == "batch_norm")
+        return batch_norm2d(x, maybe(tape, ".w"), maybe(tape, ".b"), input(".mean"), input(".var"),
+                            config["eps"].get<T>())
+            .value();
+    if (op == "softmax") return softmax(x, config["dim"].get<index_t>()).value();
+    if (op == "log_softmax") return log_softmax(x, config["dim"].get<index_t>()).value();
+    if (op == "interpolate") {
+        const Size2 size = size2(config["size"]);
+        return resize_bilinear(x.value(), size.h, size.w);
+    }
+    FAIL("unknown op in ops.safetensors: ", op);
+    return {};
+}
+
+template <class T>
+void check_every_case(double tolerance) {
+    const io::SafetensorsFile file(small_nets::data_file("ops.safetensors"));
+    int cases = 0;
+    for (const auto& [name, text] : file.metadata()) {
+        if (!file.contains(name + ".y")) continue;  // metadata that is not a case
+        const nlohmann::json config = nlohmann::json::parse(text);
+        CAPTURE(text);
+        check_close(run_case<T>(file, name, config), file.read<T>(name + ".y"), tolerance, name);
+        ++cases;
+    }
+    CHECK(cases == 24);
+}
+
+}  // namespace
+
+TEST_CASE("ops: forward values match PyTorch in float") { check_every_case<float>(2e-6); }
+
+TEST_CASE("ops: forward values match PyTorch in double") {
+    // The references are float32, so double agrees to float precision.
+    check_every_case<double>(2e-6);
+}

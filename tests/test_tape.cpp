@@ -1,0 +1,230 @@
+// The tape's contract: gradients for what is asked and nothing more, many backward passes on
+// one forward, recording that starts at a named layer, names, and the errors users see.
+#include <doctest/doctest.h>
+
+#include "gradcam/nn/layers.hpp"
+#include "gradcam/nn/sequential.hpp"
+#include "gradcam/ops/arithmetic.hpp"
+#include "gradcam/ops/reduce.hpp"
+
+using namespace gradcam;
+
+namespace {
+
+// An identity op that counts how often its backward runs.
+Var<double> counted_identity(const Var<double>& x, int& backward_calls) {
+    return x.tape().record("counted", x.value(), {x},
+                           [&backward_calls](const Node<double>&, const Tensor<double>& dy,
+                                             GradientSink<double>& sink) {
+                               ++backward_calls;
+                               if (!sink.wants(0)) return;
+                               Tensor<double>& dx = sink.of(0);
+                               for (index_t i = 0; i < dy.size(); ++i) dx[i] += dy[i];
+                           });
+}
+
+Tensor<double> ramp(Shape shape, double start = 0.5, double step = 0.25) {
+    Tensor<double> t(std::move(shape));
+    for (index_t i = 0; i < t.size(); ++i) t[i] = start + step * static_cast<double>(i);
+    return t;
+}
+
+}  // namespace
+
+TEST_CASE("tape: gradients of a small expression, several times on one forward") {
+    Tape<double> tape;
+    Var<double> a = tape.variable(Tensor<double>(Shape{2}, {1.0, -2.0}));
+    Var<double> b = tape.variable(Tensor<double>(Shape{2}, {3.0, 4.0}));
+    Var<double> y = sum(mul(a, b) + a);  // y = sum(a*b + a): dy/da = b + 1, dy/db = a
+    const std::size_t recorded = tape.size();
+    for (int repeat = 0; repeat < 3; ++repeat) {
+        auto g = tape.gradient(y, {a, b});
+        CHECK(g[0](0) == 4.0);
+        CHECK(g[0](1) == 5.0);
+        CHECK(g[1](0) == 1.0);
+        CHECK(g[1](1) == -2.0);
+    }
+    CHECK(tape.size() == recorded);  // backward leaves the tape unchanged
+    auto only_b = tape.gradient(y, {b});
+    CHECK(only_b[0](1) == -2.0);
+}
+
+TEST_CASE("tape: an explicit seed gives a vector-Jacobian product") {
+    Tape<double> tape;
+    Var<double> x = tape.variable(Tensor<double>(Shape{3}, {1.0, 2.0, 3.0}));
+    Var<double> y = scale(x, 2.0);
+    auto g = tape.gradient(y, Tensor<double>(Shape{3}, {1.0, 10.0, 100.0}), {x});
+    CHECK(g[0](0) == 2.0);
+    CHECK(g[0](2) == 200.0);
+}
+
+TEST_CASE("tape: the backward pass never goes below the earliest variable asked for") {
+    Tape<double> tape;
+    int below = 0, above = 0;
+    Var<double> x = tape.variable(ramp(Shape{1, 2, 4, 4}));
+    Var<double> lower = counted_identity(relu(x), below);
+    Var<double> layer = named(relu(lower), "layer");
+    Var<double> y = sum(counted_identity(layer, above));
+    tape.gradient(y, {tape.find("layer")});
+    CHECK(above == 1);
+    CHECK(below == 0);
+    tape.gradient(y, {x});
+    CHECK(above == 2);
+    CHECK(below == 1);
+}
+
+TEST_CASE("tape: branches that do not reach the root are not swept") {
+    Tape<double> tape;
+    int side = 0;
+    Var<double> x = tape.variable(ramp(Shape{4}));
+    Var<double> unused = counted_identity(x, side);
+    Var<double> y = sum(scale(x, 3.0));
+    auto g = tape.gradient(y, {x});
+    CHECK(side == 0);
+    CHECK(g[0](2) == 3.0);
+    // A variable the root does not depend on gets a zero gradient.
+    Var<double> other = tape.variable(ramp(Shape{2}));
+    auto g2 = tape.gradient(y, {other});
+    CHECK(g2[0](0) == 0.0);
+    CHECK(unused.shape() == Shape{4});
+}
+
+TEST_CASE("tape: parameters are constants unless parameter gradients are switched on") {
+    nn::Linear<double> fc(3, 2);
+    fc.initialise(7);
+    Tensor<double> input(Shape{2, 3}, {1, 2, 3, -1, 0.5, 2});
+    {
+        Tape<double> tape;
+        Var<double> x = tape.variable(input);
+        Var<double> y = sum(fc(x));
+        CHECK(tape.size() == 3);  // x, linear, sum: the weight and bias are not on the tape
+        CHECK(tape.parameter_gradients(y).empty());
+    }
+    Tape<double> tape;
+    tape.set_parameters_differentiable(true);
+    Var<double> y = sum(fc(tape.constant(input)));
+    auto grads = tape.parameter_gradients(y);
+    REQUIRE(grads.size() == 2);
+    const Tensor<double>& dw = grads.at(&fc.weight());
+    CHECK(dw(0, 0) == doctest::Approx(0.0));  // sum over the batch of x: 1 - 1
+    CHECK(dw(1, 2) == doctest::Approx(5.0));
+    CHECK(grads.at(fc.bias())(1) == doctest::Approx(2.0));
+}
+
+TEST_CASE("tape: recording from a named layer keeps no backward state below it") {
+    nn::Sequential<double> net;
+    net.emplace_back<nn::Conv2d<double>>(2, 3, 3, Conv2dOptions{.padding = 1});
+    net.emplace_back<nn::ReLU<double>>();
+    net.emplace_back<nn::Conv2d<double>>(3, 4, 3, Conv2dOptions{.padding = 1});
+    net.emplace_back<nn::ReLU<double>>();
+    net.emplace_back<nn::AdaptiveAvgPool2d<double>>(1);
+    net.initialise(3);
+
+    Tape<double> full;
+    Var<double> y_full = sum(net(full.constant(ramp(Shape{1, 2, 5, 5}))));
+    Tape<double> tape;
+    tape.record_from("2");
+    Var<double> y = sum(net(tape.constant(ramp(Shape{1, 2, 5, 5}))));
+    CHECK(tape.size() == 4);  // layer "2" as a variable, then relu, pool, sum
+    CHECK(full.size() == 0);  // a constant input and constant parameters: nothing recorded
+    CHECK(y.value()[0] == doctest::Approx(y_full.value()[0]));
+
+    auto g = tape.gradient(y, {tape.find("2")});
+    CHECK(g[0].shape() == Shape{1, 4, 5, 5});
+    CHECK_THROWS_WITH_AS(tape.find("0"),
+                         "layer '0' was computed but has been released: it lies before the "
+                         "recording start '2'",
+                         lookup_error);
+}
+
+TEST_CASE("tape: names, latest value wins, unknown names list the known ones") {
+    Tape<float> tape;
+    Var<float> x = tape.variable(Tensor<float>(Shape{2}, 1.0f));
+    Var<float> a = named(scale(x, 2.0f), "block");
+    Var<float> b = named(scale(a, 3.0f), "block");
+    named(b, "alias");
+    CHECK(tape.find("block") == b);
+    CHECK(tape.find("alias") == b);
+    CHECK(b.node().names().size() == 2);
+    CHECK(tape.names() == std::vector<std::string>{"block", "alias"});
+    CHECK_THROWS_WITH_AS(tape.find("blok"),
+                         "no layer named 'blok' was computed; known names: block, alias",
+                         lookup_error);
+}
+
+TEST_CASE("tape: errors users see") {
+    Tape<float> tape, other;
+    Var<float> x = tape.variable(Tensor<float>(Shape{2, 3}));
+    Var<float> c = tape.constant(Tensor<float>(Shape{2, 3}));
+    Var<float> y = scale(x, 2.0f);
+    CHECK_THROWS_WITH_AS(tape.gradient(y, {x}),
+                         "gradient: the root scale has shape [2, 3]; reduce it to a scalar (sum, "
+                         "select) or pass a seed of that shape",
+                         shape_error);
+    CHECK_THROWS_WITH_AS(tape.gradient(y, Tensor<float>(Shape{3}), {x}),
+                         "gradient: seed has shape [3] but the root has shape [2, 3]", shape_error);
+    CHECK_THROWS_WITH_AS(tape.gradient(sum(y), {c}),
+                         "gradient: wrt[0] (constant) is not differentiable: make it with "
+                         "Tape::variable, or start recording at or before it",
+                         argument_error);
+    Var<float> foreign = other.variable(Tensor<float>(Shape{2, 3}));
+    CHECK_THROWS_WITH_AS(add(x, foreign), "add: variable belongs to another tape", argument_error);
+    CHECK_THROWS_WITH_AS(add(x, tape.constant(Tensor<float>(Shape{3, 2}))),
+                         "add: operand shapes differ: [2, 3] vs [3, 2]", shape_error);
+}
+
+TEST_CASE("nn: module paths, state_dict keys and lookups") {
+    struct Block : nn::Module<float> {
+        nn::Conv2d<float>& conv1 =
+            submodule<nn::Conv2d<float>>("conv1", 4, 4, 3, Conv2dOptions{.padding = 1}, false);
+        nn::BatchNorm2d<float>& bn1 = submodule<nn::BatchNorm2d<float>>("bn1", 4);
+        nn::ReLU<float>& relu = submodule<nn::ReLU<float>>("relu");
+        Var<float> forward(const Var<float>& x) override { return relu(add(bn1(conv1(x)), x)); }
+    };
+    struct Net : nn::Module<float> {
+        nn::Conv2d<float>& stem = submodule<nn::Conv2d<float>>("conv1", 3, 4, 3);
+        nn::Sequential<float>& layer1 = submodule<nn::Sequential<float>>("layer1");
+        Net() {
+            layer1.emplace_back<Block>();
+            layer1.emplace_back<Block>();
+        }
+        Var<float> forward(const Var<float>& x) override { return layer1(stem(x)); }
+    };
+    Net net;
+    std::vector<std::string> keys;
+    for (auto& [key, tensor] : net.state()) keys.push_back(key);
+    CHECK(keys == std::vector<std::string>{
+                      "conv1.weight", "conv1.bias", "layer1.0.conv1.weight", "layer1.0.bn1.weight",
+                      "layer1.0.bn1.bias", "layer1.0.bn1.running_mean", "layer1.0.bn1.running_var",
+                      "layer1.0.bn1.num_batches_tracked", "layer1.1.conv1.weight",
+                      "layer1.1.bn1.weight", "layer1.1.bn1.bias", "layer1.1.bn1.running_mean",
+                      "layer1.1.bn1.running_var", "layer1.1.bn1.num_batches_tracked"});
+    CHECK(net.parameters().size() == 8);
+    CHECK(net.module("layer1.1.bn1").path() == "layer1.1.bn1");
+    CHECK(net.module("layer1").state().front().first == "0.conv1.weight");
+    CHECK(&net.tensor("layer1.1.conv1.weight") == &net.module("layer1.1").tensor("conv1.weight"));
+    CHECK_THROWS_WITH_AS(
+        net.tensor("fc.weight"),
+        doctest::Contains("no parameter or buffer 'fc.weight' in the network; known keys: "
+                          "conv1.weight, conv1.bias, layer1.0.conv1.weight"),
+        lookup_error);
+    CHECK_THROWS_WITH_AS(
+        net.module("layer2"),
+        doctest::Contains(
+            "no module named 'layer2'; known modules: conv1, layer1, layer1.0, layer1.0.conv1"),
+        lookup_error);
+
+    net.initialise(1);
+    Tape<float> tape;
+    net(tape.constant(Tensor<float>(Shape{1, 3, 6, 6})));
+    for (const char* name :
+         {"conv1", "layer1.0.conv1", "layer1.0.bn1", "layer1.0", "layer1.1.relu", "layer1"})
+        CHECK(tape.contains(name));
+    CHECK(tape.find("layer1") ==
+          tape.find("layer1.1"));  // a Sequential's output is its last child's
+    CHECK_THROWS_WITH_AS(net(tape.constant(Tensor<float>(Shape{1, 2, 6, 6}))),
+                         "layer 'conv1': conv2d: input [1, 2, 6, 6] and weight [4, 3, 3, 3] do not "
+                         "fit with 1 group(s): need input channels = weight.size(1) * groups and "
+                         "out_channels divisible by groups",
+                         shape_error);
+}
