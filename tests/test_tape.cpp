@@ -216,12 +216,20 @@ TEST_CASE("nn: module paths, state_dict keys and lookups") {
 
     net.initialise(1);
     Tape<float> tape;
+    tape.keep("layer1");
+    tape.keep("layer1.1");
     net(tape.constant(Tensor<float>(Shape{1, 3, 6, 6})));
     for (const char* name :
          {"conv1", "layer1.0.conv1", "layer1.0.bn1", "layer1.0", "layer1.1.relu", "layer1"})
         CHECK(tape.contains(name));
-    CHECK(tape.find("layer1") ==
-          tape.find("layer1.1"));  // a Sequential's output is its last child's
+    CHECK(tape.find("layer1") == tape.find("layer1.1"));  // a Sequential's output: its last child's
+    // Nothing was recorded (constant input and parameters), so values not kept are released.
+    CHECK_THROWS_WITH_AS(
+        tape.find("layer1.0.conv1"),
+        "layer 'layer1.0.conv1' was computed but not kept: nothing on the tape needs "
+        "it; call keep(\"layer1.0.conv1\") before the forward, or make the input a "
+        "variable",
+        lookup_error);
     CHECK_THROWS_WITH_AS(net(tape.constant(Tensor<float>(Shape{1, 2, 6, 6}))),
                          "layer 'conv1': conv2d: input [1, 2, 6, 6] and weight [4, 3, 3, 3] do not "
                          "fit with 1 group(s): need input channels = weight.size(1) * groups and "

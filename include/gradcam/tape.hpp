@@ -55,9 +55,16 @@ class Node {
     // Gradients can reach this node: it is a variable, a trained parameter, or was recorded
     // from such a node.
     bool differentiable() const { return position_ >= 0; }
-    Tape<T>& tape() const { return *tape_; }
+    // The tape this node was recorded on; argument_error once that tape has been destroyed.
+    Tape<T>& tape() const {
+        if (tape_alive_.expired())
+            throw argument_error(detail::concat("the tape of ", label(),
+                                                " no longer exists: a Var must not "
+                                                "outlive the Tape it was computed on"));
+        return *tape_;
+    }
 
-    // A readable label for messages: the node's first name, else its op.
+    // A readable label for messages: the op and the node's latest name.
     std::string label() const {
         return names_.empty() ? op_ : detail::concat(op_, " '", names_.back(), "'");
     }
@@ -73,7 +80,8 @@ class Node {
     std::vector<std::shared_ptr<Node>> inputs_;
     Backward<T> backward_;
     Tape<T>* tape_ = nullptr;
-    index_t position_ = -1;  // index on the tape; -1 when not recorded
+    std::weak_ptr<const bool> tape_alive_;  // expires with the tape
+    index_t position_ = -1;                 // index on the tape; -1 when not recorded
 };
 
 // A handle to a value computed on a tape. Cheap to copy; it keeps its value alive.
@@ -115,7 +123,10 @@ class GradientSink {
     // The accumulator for input `i`'s gradient, zero on first use. Always add to it: an
     // input used by several ops receives the sum of their contributions.
     Tensor<T>& of(std::size_t i) {
-        GRADCAM_ASSERT(wants(i));
+        if (!wants(i))
+            throw argument_error(
+                detail::concat("backward of ", node_->label(), ": gradient of input ", i,
+                               " requested, but it is not wanted; ask wants(i) first"));
         const Node<T>& in = *node_->inputs_[i];
         auto& slot = (*grads_)[index(in)];
         if (!slot) slot = std::make_unique<Tensor<T>>(in.value().shape());
@@ -163,6 +174,8 @@ class Tape {
         return Var<T>(std::move(node));
     }
 
+    Var<T> parameter(Tensor<T>&&) = delete;  // the tape refers to the tensor: it must outlive it
+
     void set_parameters_differentiable(bool on) { parameters_differentiable_ = on; }
     bool parameters_differentiable() const { return parameters_differentiable_; }
 
@@ -201,11 +214,14 @@ class Tape {
                });
     }
 
+    // Keep the value that will be named `name` for find(), even if nothing records it (as a
+    // forward hook would). Values gradients can reach are kept anyway; others are released as
+    // soon as the forward moves past them.
+    void keep(std::string name) { keep_.push_back(std::move(name)); }
+
     // Give `v` a name (a module path such as "layer4.1.conv2") by which it can be found.
     // A node may carry several names (a Sequential and its last child share an output); when
     // a name is given twice, find() returns the latest value, as a forward hook would.
-    // Named values are kept for find(), except those computed before a record_from() start,
-    // which are released as the forward moves on.
     void name(const Var<T>& v, const std::string& name) {
         check_same_tape(v, "name");
         Node<T>& node = *v.node_;
@@ -219,7 +235,8 @@ class Tape {
         }
         Named& entry = named_[name];
         entry.weak = v.node_;
-        entry.kept = recording_ ? v.node_ : nullptr;
+        entry.before_start = !recording_;
+        entry.kept = std::find(keep_.begin(), keep_.end(), name) != keep_.end() ? v.node_ : nullptr;
     }
 
     // The value named `name`. Throws lookup_error listing the known names if there is none.
@@ -229,10 +246,15 @@ class Tape {
             throw lookup_error(detail::concat("no layer named '", name,
                                               "' was computed; known names: ", known_names()));
         auto node = it->second.weak.lock();
-        if (!node)
+        if (!node && it->second.before_start)
             throw lookup_error(detail::concat(
                 "layer '", name, "' was computed but has been released: it lies before the ",
                 "recording start '", record_from_, "'"));
+        if (!node)
+            throw lookup_error(
+                detail::concat("layer '", name, "' was computed but not kept: nothing on the tape ",
+                               "needs it; call keep(\"", name, "\") before the forward, or make ",
+                               "the input a variable"));
         return Var<T>(std::move(node));
     }
 
@@ -241,7 +263,7 @@ class Tape {
     // Every name given on this tape, in order of first appearance.
     const std::vector<std::string>& names() const { return name_order_; }
 
-    // Number of nodes that keep backward state.
+    // Number of nodes gradients can reach: variables, trained parameters and recorded ops.
     std::size_t size() const { return nodes_.size(); }
 
     // d root / d wrt[i] for a scalar root.
@@ -353,6 +375,7 @@ class Tape {
         node->op_ = std::move(op);
         node->value_ = std::move(value);
         node->tape_ = this;
+        node->tape_alive_ = alive_;
         return node;
     }
 
@@ -363,7 +386,7 @@ class Tape {
 
     void check_same_tape(const Var<T>& v, const char* op) const {
         if (!v.node_) throw argument_error(detail::concat(op, ": an operand is an empty Var"));
-        if (v.node_->tape_ != this)
+        if (v.node_->tape_alive_.lock() != alive_)
             throw argument_error(
                 detail::concat(op, ": ", v.node_->label(), " belongs to another tape"));
     }
@@ -378,11 +401,14 @@ class Tape {
         return list;
     }
 
+    std::shared_ptr<const bool> alive_ = std::make_shared<const bool>(true);
     std::vector<std::shared_ptr<Node<T>>> nodes_;
     struct Named {
         std::weak_ptr<Node<T>> weak;
-        std::shared_ptr<Node<T>> kept;  // null for values released before the recording start
+        std::shared_ptr<Node<T>> kept;  // set for names asked for with keep()
+        bool before_start = false;      // named while recording waited for record_from's layer
     };
+    std::vector<std::string> keep_;
     std::unordered_map<std::string, Named> named_;
     std::vector<std::string> name_order_;
     std::string record_from_;

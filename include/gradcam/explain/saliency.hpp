@@ -29,6 +29,8 @@ requires Network<Net, T> SaliencyResult<T> input_gradient(
     const Var<T> outputs = run_network(net, tape, x);
     SaliencyResult<T> result;
     const Var<T> score = target.score(outputs, result.classes);
+    if (!score.differentiable())
+        throw argument_error("input_gradient: the target score does not depend on the input");
     result.gradient = tape.gradient(score, {x}, {.relu = rule})[0];
     result.outputs = outputs.value();
     return result;
@@ -50,6 +52,22 @@ template <class T, class Net>
 requires Network<Net, T> SaliencyResult<T> deconvnet(
     Net& net, const Tensor<T>& input, const std::type_identity_t<Target<T>>& target = {}) {
     return input_gradient(net, input, target, ReluRule::deconvnet);
+}
+
+// An input gradient [N, C, H, W] as one map per image [N, H, W]: the largest magnitude over
+// the channels (Simonyan et al. 2014), for comparing input-space maps with layer maps.
+template <class T>
+Tensor<T> channel_max_magnitude(const Tensor<T>& gradient) {
+    detail::expect_rank(gradient.shape(), 4, "channel_max_magnitude input", "N, C, H, W");
+    const index_t images = gradient.dim(0), channels = gradient.dim(1),
+                  plane = gradient.dim(2) * gradient.dim(3);
+    Tensor<T> out(Shape{images, gradient.dim(2), gradient.dim(3)});
+    for (index_t n = 0; n < images; ++n)
+        for (index_t c = 0; c < channels; ++c)
+            for (index_t i = 0; i < plane; ++i)
+                out[n * plane + i] = std::max(out[n * plane + i],
+                                              std::abs(gradient[(n * channels + c) * plane + i]));
+    return out;
 }
 
 template <class T>

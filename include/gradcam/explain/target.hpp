@@ -20,7 +20,7 @@ class Target {
     // Each image's highest-scoring class.
     Target() = default;
     // The same class for every image.
-    Target(index_t class_index) : classes_{class_index} {}  // NOLINT: implicit, reads naturally
+    Target(index_t class_index) : classes_{class_index}, single_class_(true) {}  // NOLINT: implicit
     // One class per image.
     Target(std::vector<index_t> class_per_image) : classes_(std::move(class_per_image)) {
         if (classes_.empty()) throw argument_error("Target: an empty list of classes");
@@ -51,7 +51,7 @@ class Target {
             }
             return chosen;
         }
-        if (classes_.size() == 1)
+        if (single_class_)
             chosen.assign(static_cast<std::size_t>(images), classes_[0]);
         else
             chosen = classes_;
@@ -84,6 +84,7 @@ class Target {
 
   private:
     std::vector<index_t> classes_;
+    bool single_class_ = false;
     Function function_;
 };
 

@@ -172,6 +172,10 @@ template <class T>
 Tensor<T> to_batch(const std::vector<Image>& images,
                    const Normalisation& normalisation = imagenet_normalisation) {
     if (images.empty()) throw argument_error("to_batch: no images given");
+    for (std::size_t c = 0; c < 3; ++c)
+        if (!(normalisation.std[c] > 0))
+            throw argument_error(detail::concat("to_batch: normalisation std[", c,
+                                                "] = ", normalisation.std[c], " is not positive"));
     const Image& first = images.front();
     for (std::size_t n = 0; n < images.size(); ++n) {
         detail::check_image(images[n], "to_batch");

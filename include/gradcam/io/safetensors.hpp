@@ -281,6 +281,9 @@ inline bool as_u64(const nlohmann::json& value, std::uint64_t& out) {
 
 }  // namespace detail
 
+// Can read() convert this dtype to a number? (The 8-bit float formats, not yet.)
+inline bool convertible(Dtype dtype) { return dtype != Dtype::f8_e4m3 && dtype != Dtype::f8_e5m2; }
+
 // A safetensors file whose header has been read and checked. Tensors are read on demand.
 class SafetensorsFile {
   public:
@@ -465,7 +468,7 @@ class SafetensorsFile {
 
     template <class T>
     void read_data(const TensorInfo& entry, Tensor<T>& out) const {
-        if (entry.dtype == Dtype::f8_e4m3 || entry.dtype == Dtype::f8_e5m2)
+        if (!convertible(entry.dtype))
             throw unsupported_error(detail::concat(
                 "safetensors ", detail::file_label(path_), ": tensor '", entry.key, "' has dtype ",
                 dtype_name(entry.dtype), ", which gradcam cannot convert"));

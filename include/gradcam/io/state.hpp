@@ -59,6 +59,12 @@ void load_state(nn::Module<T>& module, const std::filesystem::path& file) {
         throw lookup_error(message);
     }
 
+    for (const auto& [key, tensor] : state)
+        if (!io::convertible(source.info(key).dtype))
+            throw unsupported_error(
+                detail::concat("load_state: ", io::detail::file_label(file), ": tensor '", key,
+                               "' has dtype ", io::dtype_name(source.info(key).dtype),
+                               ", which gradcam cannot convert; nothing was loaded"));
     for (const auto& [key, tensor] : state) source.read_into(key, *tensor);
 }
 

@@ -23,16 +23,18 @@ class Module {
     Module& operator=(const Module&) = delete;
     virtual ~Module() = default;
 
-    // Runs the module and names its output after the module's path. A shape error from
-    // inside is prefixed with the innermost module's path, so it says which layer refused.
+    // Runs the module and names its output after the module's path. An error from inside is
+    // prefixed with the innermost module's path, so it says which layer refused.
     Var<T> operator()(const Var<T>& x) {
         Var<T> y;
         try {
             y = forward(x);
         } catch (const shape_error& e) {
-            const std::string_view what = e.what();
-            if (path_.empty() || what.starts_with("layer '")) throw;
-            throw shape_error(detail::concat("layer '", path_, "': ", what));
+            rethrow_in_context(e);
+        } catch (const argument_error& e) {
+            rethrow_in_context(e);
+        } catch (const unsupported_error& e) {
+            rethrow_in_context(e);
         }
         if (!path_.empty()) y.tape().name(y, path_);
         return y;
@@ -80,10 +82,12 @@ class Module {
     }
 
     // Fills parameters as PyTorch's default initialisation does (same distributions, not the
-    // same numbers), from a seed.
+    // same numbers), from a seed. Children go first, so a network can override its layers'
+    // defaults (as torchvision's ResNet does for its convolutions).
     void initialise(std::uint64_t seed) {
         Random random(seed);
-        for (Module* m : modules()) m->reset_parameters(random);
+        std::vector<Module*> all = modules();
+        for (auto it = all.rbegin(); it != all.rend(); ++it) (*it)->reset_parameters(random);
     }
 
     void set_training(bool on) {
@@ -123,6 +127,13 @@ class Module {
     std::vector<std::pair<std::string, std::shared_ptr<Module>>>& children() { return children_; }
 
   private:
+    template <class Error>
+    [[noreturn]] void rethrow_in_context(const Error& e) const {
+        const std::string_view what = e.what();
+        if (path_.empty() || what.starts_with("layer '")) throw e;
+        throw Error(detail::concat("layer '", path_, "': ", what));
+    }
+
     struct Entry {
         std::string name;
         std::unique_ptr<Tensor<T>> value;  // a stable address: tapes refer to it

@@ -25,7 +25,9 @@ Var<T> reshape(const Var<T>& x, Shape shape) {
 // [N, d1, d2, ...] -> [N, d1 * d2 * ...], as torch.flatten(x, 1).
 template <class T>
 Var<T> flatten(const Var<T>& x) {
-    if (x.shape().rank() < 1) throw shape_error("flatten: input is a scalar");
+    if (x.shape().rank() < 2)
+        throw shape_error(
+            detail::concat("flatten: input ", x.shape(), " has no axes after the batch axis"));
     const index_t batch = x.shape()[0];
     return reshape(x, Shape{batch, batch == 0 ? 0 : x.shape().numel() / batch});
 }
