@@ -24,6 +24,15 @@ struct ConvGeometry {
     }
 };
 
+// The output columns ow whose input column ow * stride + offset lies inside [0, width):
+// [first, last), so the inner loops need no bounds checks.
+inline void valid_columns(index_t offset, index_t stride, index_t width, index_t out_w,
+                          index_t& first, index_t& last) {
+    first = offset >= 0 ? 0 : (-offset + stride - 1) / stride;
+    last = width - offset <= 0 ? 0 : std::min(out_w, (width - offset + stride - 1) / stride);
+    first = std::min(first, last);
+}
+
 // col[(c*kh + i)*kw + j][oh*out_w + ow] = x[c][oh*sh - ph + i*dh][ow*sw - pw + j*dw], or 0 in
 // the padding. `x` holds g.channels planes; `col` has g.rows() x g.cols() entries.
 template <class T>
@@ -33,7 +42,9 @@ void im2col(const T* x, const ConvGeometry& g, T* col) {
         for (index_t i = 0; i < g.kernel_h; ++i)
             for (index_t j = 0; j < g.kernel_w; ++j) {
                 T* row = col + ((c * g.kernel_h + i) * g.kernel_w + j) * g.cols();
-                const T* src = x + c * plane;
+                const index_t offset = j * g.dilation_w - g.pad_w;
+                index_t first, last;
+                valid_columns(offset, g.stride_w, g.width, g.out_w, first, last);
                 for (index_t oh = 0; oh < g.out_h; ++oh) {
                     T* out = row + oh * g.out_w;
                     const index_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
@@ -41,12 +52,13 @@ void im2col(const T* x, const ConvGeometry& g, T* col) {
                         std::fill_n(out, g.out_w, T(0));
                         continue;
                     }
-                    const T* line = src + ih * g.width;
-                    const index_t offset = j * g.dilation_w - g.pad_w;
-                    for (index_t ow = 0; ow < g.out_w; ++ow) {
-                        const index_t iw = ow * g.stride_w + offset;
-                        out[ow] = (iw >= 0 && iw < g.width) ? line[iw] : T(0);
-                    }
+                    const T* line = x + c * plane + ih * g.width + offset;
+                    std::fill_n(out, first, T(0));
+                    if (g.stride_w == 1)
+                        std::copy(line + first, line + last, out + first);
+                    else
+                        for (index_t ow = first; ow < last; ++ow) out[ow] = line[ow * g.stride_w];
+                    std::fill(out + last, out + g.out_w, T(0));
                 }
             }
 }
@@ -59,17 +71,18 @@ void col2im_add(const T* col, const ConvGeometry& g, T* x) {
         for (index_t i = 0; i < g.kernel_h; ++i)
             for (index_t j = 0; j < g.kernel_w; ++j) {
                 const T* row = col + ((c * g.kernel_h + i) * g.kernel_w + j) * g.cols();
-                T* dst = x + c * plane;
+                const index_t offset = j * g.dilation_w - g.pad_w;
+                index_t first, last;
+                valid_columns(offset, g.stride_w, g.width, g.out_w, first, last);
                 for (index_t oh = 0; oh < g.out_h; ++oh) {
                     const index_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
                     if (ih < 0 || ih >= g.height) continue;
                     const T* in = row + oh * g.out_w;
-                    T* line = dst + ih * g.width;
-                    const index_t offset = j * g.dilation_w - g.pad_w;
-                    for (index_t ow = 0; ow < g.out_w; ++ow) {
-                        const index_t iw = ow * g.stride_w + offset;
-                        if (iw >= 0 && iw < g.width) line[iw] += in[ow];
-                    }
+                    T* line = x + c * plane + ih * g.width + offset;
+                    if (g.stride_w == 1)
+                        for (index_t ow = first; ow < last; ++ow) line[ow] += in[ow];
+                    else
+                        for (index_t ow = first; ow < last; ++ow) line[ow * g.stride_w] += in[ow];
                 }
             }
 }

@@ -6,6 +6,7 @@
 
 #include "gradcam/detail/eigen.hpp"
 #include "gradcam/detail/im2col.hpp"
+#include "gradcam/detail/parallel.hpp"
 #include "gradcam/tape.hpp"
 
 namespace gradcam {
@@ -31,6 +32,9 @@ inline ConvGeometry conv_geometry(const Shape& x, const Shape& w, const Shape* b
                                     o.stride.h, "x", o.stride.w, ", padding ", o.padding.h, "x",
                                     o.padding.w, ", dilation ", o.dilation.h, "x", o.dilation.w,
                                     ")"));
+    if (w[2] < 1 || w[3] < 1 || w[0] < 1)
+        throw shape_error(
+            concat("conv2d: weight ", w, " has an empty kernel or no output channels"));
     if (x[1] != w[1] * o.groups || w[0] % o.groups != 0)
         throw shape_error(concat("conv2d: input ", x, " and weight ", w, " do not fit with ",
                                  o.groups, " group(s): need input channels = weight.size(1) * ",
@@ -75,25 +79,25 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
     const index_t out_plane = g.cols() * group_out;            // one group's output
 
     Tensor<T> y = Tensor<T>::uninitialized(Shape{batch, out_channels, g.out_h, g.out_w});
-    std::vector<T> col(g.is_pointwise() ? 0 : static_cast<std::size_t>(g.rows() * g.cols()));
     const T* xs = x.value().data();
     const T* ws = weight.value().data();
-    for (index_t n = 0; n < batch; ++n)
-        for (index_t gi = 0; gi < groups; ++gi) {
-            const T* x_group = xs + (n * groups + gi) * in_plane;
-            const T* lowered = x_group;
-            if (!g.is_pointwise()) {
-                detail::im2col(x_group, g, col.data());
-                lowered = col.data();
-            }
-            auto out =
-                detail::matrix(y.data() + (n * groups + gi) * out_plane, group_out, g.cols());
-            out.noalias() = detail::matrix(ws + gi * group_out * g.rows(), group_out, g.rows()) *
-                            detail::matrix(lowered, g.rows(), g.cols());
-            if (bias)
-                out.colwise() +=
-                    detail::ConstVectorMap<T>(bias.value().data() + gi * group_out, group_out);
+    // Images in parallel when there are several; a single image's GEMM is threaded by Eigen.
+    detail::parallel_for(batch * groups, batch > 1, [&](index_t item, int) {
+        const index_t gi = item % groups;
+        const T* x_group = xs + item * in_plane;
+        const T* lowered = x_group;
+        if (!g.is_pointwise()) {
+            T* col = detail::thread_scratch<T>(g.rows() * g.cols());
+            detail::im2col(x_group, g, col);
+            lowered = col;
         }
+        auto out = detail::matrix(y.data() + item * out_plane, group_out, g.cols());
+        out.noalias() = detail::matrix(ws + gi * group_out * g.rows(), group_out, g.rows()) *
+                        detail::matrix(lowered, g.rows(), g.cols());
+        if (bias)
+            out.colwise() +=
+                detail::ConstVectorMap<T>(bias.value().data() + gi * group_out, group_out);
+    });
 
     auto backward = [g, groups, group_out, in_plane, out_plane](
                         const Node<T>& self, const Tensor<T>& dy, GradientSink<T>& sink) {
@@ -102,40 +106,51 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
         const index_t batch = xv.shape()[0];
         const bool want_x = sink.wants(0), want_w = sink.wants(1);
         const bool want_b = self.input_count() > 2 && sink.wants(2);
-        std::vector<T> col(g.is_pointwise() ? 0 : static_cast<std::size_t>(g.rows() * g.cols()));
-        for (index_t n = 0; n < batch; ++n)
-            for (index_t gi = 0; gi < groups; ++gi) {
-                auto dy_g =
-                    detail::matrix(dy.data() + (n * groups + gi) * out_plane, group_out, g.cols());
-                auto w_g =
-                    detail::matrix(wv.data() + gi * group_out * g.rows(), group_out, g.rows());
-                if (want_x) {
-                    T* dx_group = sink.of(0).data() + (n * groups + gi) * in_plane;
-                    if (g.is_pointwise()) {
-                        detail::matrix(dx_group, g.rows(), g.cols()).noalias() +=
-                            w_g.transpose() * dy_g;
-                    } else {
-                        detail::matrix(col.data(), g.rows(), g.cols()).noalias() =
-                            w_g.transpose() * dy_g;
-                        detail::col2im_add(col.data(), g, dx_group);
-                    }
+        T* dx = want_x ? sink.of(0).data() : nullptr;
+        // The weight gradient sums over images: each thread sums into its own copy.
+        const bool parallel = batch > 1 && detail::max_threads() > 1;
+        const index_t weight_size = wv.size();
+        std::vector<Tensor<T>> dw_partial;
+        if (want_w)
+            for (int t = 0; t < (parallel ? detail::max_threads() : 1); ++t)
+                dw_partial.emplace_back(Shape{weight_size});
+        detail::parallel_for(batch * groups, parallel, [&](index_t item, int thread) {
+            const index_t gi = item % groups;
+            auto dy_g = detail::matrix(dy.data() + item * out_plane, group_out, g.cols());
+            auto w_g = detail::matrix(wv.data() + gi * group_out * g.rows(), group_out, g.rows());
+            T* col = g.is_pointwise() ? nullptr : detail::thread_scratch<T>(g.rows() * g.cols());
+            if (want_x) {
+                T* dx_group = dx + item * in_plane;
+                if (g.is_pointwise()) {
+                    detail::matrix(dx_group, g.rows(), g.cols()).noalias() +=
+                        w_g.transpose() * dy_g;
+                } else {
+                    detail::matrix(col, g.rows(), g.cols()).noalias() = w_g.transpose() * dy_g;
+                    detail::col2im_add(col, g, dx_group);
                 }
-                if (want_w) {
-                    const T* x_group = xv.data() + (n * groups + gi) * in_plane;
-                    const T* lowered = x_group;
-                    if (!g.is_pointwise()) {
-                        detail::im2col(x_group, g, col.data());
-                        lowered = col.data();
-                    }
-                    detail::matrix(sink.of(1).data() + gi * group_out * g.rows(), group_out,
-                                   g.rows())
-                        .noalias() +=
-                        dy_g * detail::matrix(lowered, g.rows(), g.cols()).transpose();
-                }
-                if (want_b)
-                    detail::VectorMap<T>(sink.of(2).data() + gi * group_out, group_out) +=
-                        dy_g.rowwise().sum();
             }
+            if (want_w) {
+                const T* lowered = xv.data() + item * in_plane;
+                if (!g.is_pointwise()) {
+                    detail::im2col(lowered, g, col);
+                    lowered = col;
+                }
+                detail::matrix(
+                    dw_partial[static_cast<std::size_t>(thread)].data() + gi * group_out * g.rows(),
+                    group_out, g.rows())
+                    .noalias() += dy_g * detail::matrix(lowered, g.rows(), g.cols()).transpose();
+            }
+        });
+        if (want_w) {
+            auto dw = detail::array(sink.of(1).data(), weight_size);
+            for (const Tensor<T>& part : dw_partial) dw += detail::array(part.data(), weight_size);
+        }
+        if (want_b)
+            for (index_t item = 0; item < batch * groups; ++item)
+                detail::VectorMap<T>(sink.of(2).data() + (item % groups) * group_out, group_out) +=
+                    detail::matrix(dy.data() + item * out_plane, group_out, g.cols())
+                        .rowwise()
+                        .sum();
     };
     if (bias)
         return x.tape().record("conv2d", std::move(y), {x, weight, bias}, std::move(backward));

@@ -8,6 +8,7 @@
 #include <limits>
 #include <vector>
 
+#include "gradcam/detail/parallel.hpp"
 #include "gradcam/tape.hpp"
 
 namespace gradcam {
@@ -73,22 +74,29 @@ Var<T> max_pool2d(const Var<T>& x, const Pool2dOptions& options = {}) {
     const bool keep_argmax = x.tape().will_record({x});
     std::vector<std::int32_t> argmax(keep_argmax ? static_cast<std::size_t>(y.size()) : 0);
     const T* xs = x.value().data();
-    for (index_t p = 0; p < planes; ++p) {
+    detail::parallel_for(planes, y.size() >= detail::parallel_grain, [&](index_t p, int) {
         const T* in = xs + p * in_plane;
-        for (index_t oh = 0; oh < g.out_h; ++oh)
+        for (index_t oh = 0; oh < g.out_h; ++oh) {
+            // The kernel rows (and below, columns) that fall inside the input.
+            const index_t top = oh * g.stride_h - g.pad_h;
+            const index_t i0 = top >= 0 ? 0 : (-top + g.dilation_h - 1) / g.dilation_h;
+            const index_t i1 =
+                std::min(g.kernel_h, (g.height - top + g.dilation_h - 1) / g.dilation_h);
             for (index_t ow = 0; ow < g.out_w; ++ow) {
+                const index_t left = ow * g.stride_w - g.pad_w;
+                const index_t j0 = left >= 0 ? 0 : (-left + g.dilation_w - 1) / g.dilation_w;
+                const index_t j1 =
+                    std::min(g.kernel_w, (g.width - left + g.dilation_w - 1) / g.dilation_w);
                 T best = -std::numeric_limits<T>::infinity();
                 index_t best_at = -1;
-                for (index_t i = 0; i < g.kernel_h; ++i) {
-                    const index_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
-                    if (ih < 0 || ih >= g.height) continue;
-                    for (index_t j = 0; j < g.kernel_w; ++j) {
-                        const index_t iw = ow * g.stride_w - g.pad_w + j * g.dilation_w;
-                        if (iw < 0 || iw >= g.width) continue;
-                        const T v = in[ih * g.width + iw];
+                for (index_t i = i0; i < i1; ++i) {
+                    const index_t row = (top + i * g.dilation_h) * g.width;
+                    for (index_t j = j0; j < j1; ++j) {
+                        const index_t at = row + left + j * g.dilation_w;
+                        const T v = in[at];
                         if (best_at < 0 || v > best || std::isnan(v)) {
                             best = v;
-                            best_at = ih * g.width + iw;
+                            best_at = at;
                         }
                     }
                 }
@@ -97,19 +105,24 @@ Var<T> max_pool2d(const Var<T>& x, const Pool2dOptions& options = {}) {
                 if (keep_argmax)
                     argmax[static_cast<std::size_t>(o)] = static_cast<std::int32_t>(best_at);
             }
-    }
-    return x.tape().record("max_pool2d", std::move(y), {x},
-                           [argmax = std::move(argmax), in_plane, out_plane](
-                               const Node<T>&, const Tensor<T>& dy, GradientSink<T>& sink) {
-                               if (!sink.wants(0)) return;
-                               T* dx = sink.of(0).data();
-                               for (index_t o = 0; o < dy.size(); ++o) {
-                                   // A window that dilation makes see only padding has no argmax
-                                   // (-1, output -inf).
-                                   const index_t at = argmax[static_cast<std::size_t>(o)];
-                                   if (at >= 0) dx[(o / out_plane) * in_plane + at] += dy[o];
-                               }
-                           });
+        }
+    });
+    return x.tape().record(
+        "max_pool2d", std::move(y), {x},
+        [argmax = std::move(argmax), in_plane, out_plane](const Node<T>&, const Tensor<T>& dy,
+                                                          GradientSink<T>& sink) {
+            if (!sink.wants(0)) return;
+            T* dx = sink.of(0).data();
+            detail::parallel_for(dy.size() / out_plane, dy.size() >= detail::parallel_grain,
+                                 [&](index_t p, int) {
+                                     for (index_t o = p * out_plane; o < (p + 1) * out_plane; ++o) {
+                                         // A window that dilation makes see only padding has no
+                                         // argmax (-1, output -inf).
+                                         const index_t at = argmax[static_cast<std::size_t>(o)];
+                                         if (at >= 0) dx[p * in_plane + at] += dy[o];
+                                     }
+                                 });
+        });
 }
 
 namespace detail {
@@ -145,7 +158,7 @@ Var<T> avg_pool2d(const Var<T>& x, const Pool2dOptions& options = {}) {
     const index_t planes = x.shape()[0] * x.shape()[1];
     const index_t in_plane = g.height * g.width, out_plane = g.out_h * g.out_w;
     Tensor<T> y = Tensor<T>::uninitialized(Shape{x.shape()[0], x.shape()[1], g.out_h, g.out_w});
-    for (index_t p = 0; p < planes; ++p) {
+    detail::parallel_for(planes, y.size() >= detail::parallel_grain, [&](index_t p, int) {
         const T* in = x.value().data() + p * in_plane;
         T* out = y.data() + p * out_plane;
         detail::for_each_average_window(
@@ -156,14 +169,15 @@ Var<T> avg_pool2d(const Var<T>& x, const Pool2dOptions& options = {}) {
                     for (index_t w = w0; w < w1; ++w) sum += in[h * g.width + w];
                 *out++ = sum / static_cast<T>(divisor);
             });
-    }
+    });
     return x.tape().record(
         "avg_pool2d", std::move(y), {x},
         [g, planes, in_plane, out_plane, include_pad = options.count_include_pad](
             const Node<T>&, const Tensor<T>& dy, GradientSink<T>& sink) {
             if (!sink.wants(0)) return;
-            for (index_t p = 0; p < planes; ++p) {
-                T* dx = sink.of(0).data() + p * in_plane;
+            T* dx_all = sink.of(0).data();
+            detail::parallel_for(planes, dy.size() >= detail::parallel_grain, [&](index_t p, int) {
+                T* dx = dx_all + p * in_plane;
                 const T* g_out = dy.data() + p * out_plane;
                 detail::for_each_average_window(
                     g, include_pad,
@@ -172,7 +186,7 @@ Var<T> avg_pool2d(const Var<T>& x, const Pool2dOptions& options = {}) {
                         for (index_t h = h0; h < h1; ++h)
                             for (index_t w = w0; w < w1; ++w) dx[h * g.width + w] += share;
                     });
-            }
+            });
         });
 }
 
@@ -214,7 +228,7 @@ Var<T> adaptive_avg_pool2d(const Var<T>& x, Size2 output_size) {
     const index_t out_h = output_size.h, out_w = output_size.w;
     const index_t planes = x.shape()[0] * x.shape()[1];
     Tensor<T> y = Tensor<T>::uninitialized(Shape{x.shape()[0], x.shape()[1], out_h, out_w});
-    for (index_t p = 0; p < planes; ++p) {
+    detail::parallel_for(planes, x.shape().numel() >= detail::parallel_grain, [&](index_t p, int) {
         const T* in = x.value().data() + p * height * width;
         T* out = y.data() + p * out_h * out_w;
         detail::for_each_adaptive_window(height, width, out_h, out_w,
@@ -225,25 +239,26 @@ Var<T> adaptive_avg_pool2d(const Var<T>& x, Size2 output_size) {
                                                      sum += in[h * width + w];
                                              *out++ = sum / static_cast<T>((h1 - h0) * (w1 - w0));
                                          });
-    }
-    return x.tape().record("adaptive_avg_pool2d", std::move(y), {x},
-                           [height, width, out_h, out_w, planes](
-                               const Node<T>&, const Tensor<T>& dy, GradientSink<T>& sink) {
-                               if (!sink.wants(0)) return;
-                               for (index_t p = 0; p < planes; ++p) {
-                                   T* dx = sink.of(0).data() + p * height * width;
-                                   const T* g_out = dy.data() + p * out_h * out_w;
-                                   detail::for_each_adaptive_window(
-                                       height, width, out_h, out_w,
-                                       [&](index_t h0, index_t h1, index_t w0, index_t w1) {
-                                           const T share =
-                                               *g_out++ / static_cast<T>((h1 - h0) * (w1 - w0));
-                                           for (index_t h = h0; h < h1; ++h)
-                                               for (index_t w = w0; w < w1; ++w)
-                                                   dx[h * width + w] += share;
-                                       });
-                               }
-                           });
+    });
+    return x.tape().record(
+        "adaptive_avg_pool2d", std::move(y), {x},
+        [height, width, out_h, out_w, planes](const Node<T>&, const Tensor<T>& dy,
+                                              GradientSink<T>& sink) {
+            if (!sink.wants(0)) return;
+            T* dx_all = sink.of(0).data();
+            detail::parallel_for(
+                planes, planes * height * width >= detail::parallel_grain, [&](index_t p, int) {
+                    T* dx = dx_all + p * height * width;
+                    const T* g_out = dy.data() + p * out_h * out_w;
+                    detail::for_each_adaptive_window(
+                        height, width, out_h, out_w,
+                        [&](index_t h0, index_t h1, index_t w0, index_t w1) {
+                            const T share = *g_out++ / static_cast<T>((h1 - h0) * (w1 - w0));
+                            for (index_t h = h0; h < h1; ++h)
+                                for (index_t w = w0; w < w1; ++w) dx[h * width + w] += share;
+                        });
+                });
+        });
 }
 
 }  // namespace gradcam

@@ -2,7 +2,10 @@
 // what turns one recorded graph into guided backpropagation or a deconvnet on demand.
 #pragma once
 
+#include <algorithm>
+
 #include "gradcam/detail/eigen.hpp"
+#include "gradcam/detail/parallel.hpp"
 #include "gradcam/tape.hpp"
 
 namespace gradcam {
@@ -15,27 +18,41 @@ namespace gradcam {
 template <class T>
 Var<T> relu(const Var<T>& x) {
     Tensor<T> y = Tensor<T>::uninitialized(x.shape());
-    detail::array(y.data(), y.size()) = detail::array(x.value().data(), y.size()).max(T(0));
-    return x.tape().record("relu", std::move(y), {x},
-                           [](const Node<T>& self, const Tensor<T>& dy, GradientSink<T>& sink) {
-                               if (!sink.wants(0)) return;
-                               const index_t n = dy.size();
-                               auto out = detail::array(self.value().data(), n);
-                               auto g = detail::array(dy.data(), n);
-                               auto dx = detail::array(sink.of(0).data(), n);
-                               const T zero(0);
-                               switch (sink.options().relu) {
-                                   case ReluRule::standard:
-                                       dx += (out > zero).select(g, zero);
-                                       break;
-                                   case ReluRule::guided:
-                                       dx += (out > zero && g > zero).select(g, zero);
-                                       break;
-                                   case ReluRule::deconvnet:
-                                       dx += g.max(zero);
-                                       break;
-                               }
-                           });
+    const index_t n = y.size(), chunks = (n + detail::parallel_grain - 1) / detail::parallel_grain;
+    detail::parallel_for(chunks, chunks > 1, [&](index_t chunk, int) {
+        const index_t begin = chunk * detail::parallel_grain,
+                      count = std::min(detail::parallel_grain, n - begin);
+        detail::array(y.data() + begin, count) =
+            detail::array(x.value().data() + begin, count).max(T(0));
+    });
+    return x.tape().record(
+        "relu", std::move(y), {x},
+        [](const Node<T>& self, const Tensor<T>& dy, GradientSink<T>& sink) {
+            if (!sink.wants(0)) return;
+            const index_t n = dy.size(),
+                          chunks = (n + detail::parallel_grain - 1) / detail::parallel_grain;
+            T* dx_all = sink.of(0).data();
+            const ReluRule rule = sink.options().relu;
+            detail::parallel_for(chunks, chunks > 1, [&](index_t chunk, int) {
+                const index_t begin = chunk * detail::parallel_grain,
+                              count = std::min(detail::parallel_grain, n - begin);
+                auto out = detail::array(self.value().data() + begin, count);
+                auto g = detail::array(dy.data() + begin, count);
+                auto dx = detail::array(dx_all + begin, count);
+                const T zero(0);
+                switch (rule) {
+                    case ReluRule::standard:
+                        dx += (out > zero).select(g, zero);
+                        break;
+                    case ReluRule::guided:
+                        dx += (out > zero && g > zero).select(g, zero);
+                        break;
+                    case ReluRule::deconvnet:
+                        dx += g.max(zero);
+                        break;
+                }
+            });
+        });
 }
 
 }  // namespace gradcam
