@@ -3,43 +3,22 @@
 #include <benchmark/benchmark.h>
 
 #include <gradcam/gradcam.hpp>
+#include <gradcam/models/resnet.hpp>
 
 using namespace gradcam;
 
 namespace {
 
-struct Block : nn::Module<float> {
-    nn::Conv2d<float>& conv1;
-    nn::BatchNorm2d<float>& bn1;
-    nn::Conv2d<float>& conv2;
-    nn::BatchNorm2d<float>& bn2;
-    nn::Conv2d<float>& shortcut;
-    Block(index_t in, index_t out)
-        : conv1(submodule<nn::Conv2d<float>>("conv1", in, out, 3,
-                                             Conv2dOptions{.stride = 2, .padding = 1}, false)),
-          bn1(submodule<nn::BatchNorm2d<float>>("bn1", out)),
-          conv2(submodule<nn::Conv2d<float>>("conv2", out, out, 3, Conv2dOptions{.padding = 1},
-                                             false)),
-          bn2(submodule<nn::BatchNorm2d<float>>("bn2", out)),
-          shortcut(submodule<nn::Conv2d<float>>("shortcut", in, out, 1, Conv2dOptions{.stride = 2},
-                                                false)) {}
-    Var<float> forward(const Var<float>& x) override {
-        return relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x));
-    }
-};
-
-struct Net : nn::Module<float> {
-    nn::Conv2d<float>& stem =
-        submodule<nn::Conv2d<float>>("stem", 3, 32, 3, Conv2dOptions{.padding = 1});
-    nn::ReLU<float>& relu1 = submodule<nn::ReLU<float>>("relu");
-    Block& layer1 = submodule<Block>("layer1", 32, 64);
-    Block& layer2 = submodule<Block>("layer2", 64, 128);
-    Block& layer3 = submodule<Block>("layer3", 128, 256);
-    nn::AdaptiveAvgPool2d<float>& pool = submodule<nn::AdaptiveAvgPool2d<float>>("avgpool", 1);
-    nn::Linear<float>& fc = submodule<nn::Linear<float>>("fc", 256, 10);
-    Var<float> forward(const Var<float>& x) override {
-        return fc(flatten(pool(layer3(layer2(layer1(relu1(stem(x))))))));
-    }
+// A ResNet-style network: a stride-2 stem of 32 channels, three stages 32, 64 and 128 wide.
+struct Net : models::ResNet<float> {
+    Net()
+        : models::ResNet<float>({.blocks = {1, 1, 1},
+                                 .widths = {32, 64, 128},
+                                 .stem_channels = 32,
+                                 .stem_kernel = 3,
+                                 .stem_stride = 2,
+                                 .stem_max_pool = false,
+                                 .classes = 10}) {}
 };
 
 Net& network() {

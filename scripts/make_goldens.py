@@ -472,7 +472,7 @@ def gradcampp_raw(A, G):
     g2 = G ** 2
     g3 = G ** 3
     s = A.sum(dim=(2, 3), keepdim=True)
-    a = g2 / (2 * g2 + s * g3 + 1e-7)
+    a = g2 / (2 * g2 + s * g3 + 1e-6)
     a = torch.where(G != 0, a, torch.zeros_like(a))
     w = (F.relu(G) * a).sum(dim=(2, 3))
     return cam_from_weights(w, A)
@@ -642,6 +642,99 @@ def state_dict_tensors(model):
 
 
 # --------------------------------------------------------------------------
+# training: batch norm in training mode, cross-entropy, optimizers, one full step
+# --------------------------------------------------------------------------
+def make_training():
+    tensors, meta = {}, {}
+
+    def gen(name):
+        return torch.Generator().manual_seed(OPS_SEED + zlib.crc32(name.encode()))
+
+    # Batch norm with batch statistics: output, updated running statistics, gradients of
+    # sum(r * y) with respect to x, weight and bias.
+    g = gen("batchnorm_train")
+    x = torch.randn(4, 3, 3, 3, generator=g).requires_grad_()
+    w = (torch.rand(3, generator=g) + 0.5).requires_grad_()
+    b = (torch.randn(3, generator=g) * 0.1).requires_grad_()
+    r = torch.randn(4, 3, 3, 3, generator=g)
+    running_mean = torch.randn(3, generator=g) * 0.2
+    running_var = torch.rand(3, generator=g) + 0.5
+    tensors["batchnorm_train.running_mean"] = running_mean.clone()
+    tensors["batchnorm_train.running_var"] = running_var.clone()
+    y = F.batch_norm(x, running_mean, running_var, weight=w, bias=b, training=True, momentum=0.1, eps=1e-5)
+    dx, dw, db = torch.autograd.grad((r * y).sum(), (x, w, b))
+    tensors.update({"batchnorm_train.x": x.detach(), "batchnorm_train.w": w.detach(),
+                    "batchnorm_train.b": b.detach(), "batchnorm_train.r": r, "batchnorm_train.y": y.detach(),
+                    "batchnorm_train.running_mean_after": running_mean,
+                    "batchnorm_train.running_var_after": running_var,
+                    "batchnorm_train.dx": dx, "batchnorm_train.dw": dw, "batchnorm_train.db": db})
+    meta["batchnorm_train"] = dict(op="batch_norm", training=True, momentum=0.1, eps=1e-5)
+
+    # Cross-entropy (mean over the batch) and its gradient.
+    g = gen("cross_entropy")
+    logits = torch.randn(5, 7, generator=g).requires_grad_()
+    labels = torch.tensor([3, 0, 6, 3, 1])
+    loss = F.cross_entropy(logits, labels)
+    (dlogits,) = torch.autograd.grad(loss, (logits,))
+    tensors.update({"cross_entropy.x": logits.detach(), "cross_entropy.labels": labels,
+                    "cross_entropy.y": loss.detach(), "cross_entropy.dx": dlogits})
+    meta["cross_entropy"] = dict(op="cross_entropy", reduction="mean")
+
+    # Three optimizer steps from p0 with given gradients; the parameter after each step.
+    g = gen("optimizers")
+    p0 = torch.randn(6, generator=g)
+    grads = torch.randn(3, 6, generator=g)
+    tensors["optim.p0"] = p0
+    tensors["optim.grads"] = grads
+    optimizers = [
+        ("sgd", "SGD(lr=0.1, momentum=0.9, weight_decay=0.01)",
+         lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01)),
+        ("sgd_nesterov", "SGD(lr=0.1, momentum=0.9, nesterov=True)",
+         lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True)),
+        ("sgd_plain", "SGD(lr=0.1)", lambda ps: torch.optim.SGD(ps, lr=0.1)),
+        ("adam", "Adam(lr=0.01, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)",
+         lambda ps: torch.optim.Adam(ps, lr=0.01, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)),
+    ]
+    for name, text, make in optimizers:
+        p = torch.nn.Parameter(p0.clone())
+        opt = make([p])
+        after = []
+        for k in range(3):
+            p.grad = grads[k].clone()
+            opt.step()
+            after.append(p.detach().clone())
+        tensors[f"optim.{name}"] = torch.stack(after)
+        meta[f"optim.{name}"] = text
+
+    # One training step of a small network in training mode: the loss, every parameter's
+    # gradient, and the running statistics batch norm leaves behind.
+    torch.manual_seed(OPS_SEED)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(4, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 5))
+    for name, t in state_dict_tensors(model).items():
+        tensors[f"step.before.{name}"] = t.clone()
+    g = gen("training_step")
+    x = torch.randn(6, 3, 8, 8, generator=g)
+    labels = torch.tensor([0, 4, 2, 2, 1, 3])
+    model.train()
+    loss = F.cross_entropy(model(x), labels)
+    loss.backward()
+    tensors.update({"step.x": x, "step.labels": labels, "step.loss": loss.detach()})
+    for name, param in model.named_parameters():
+        tensors[f"step.grad.{name}"] = param.grad.detach().clone()
+    for name, t in state_dict_tensors(model).items():
+        if "running" in name or "num_batches" in name:
+            tensors[f"step.after.{name}"] = t.clone()
+    meta["step"] = ("Sequential(Conv2d(3,4,3,p=1), BatchNorm2d(4), ReLU, MaxPool2d(2), "
+                    "Conv2d(4,6,3,p=1,bias=False), BatchNorm2d(6), ReLU, AdaptiveAvgPool2d(1), Flatten, "
+                    "Linear(6,5)), train(), cross_entropy")
+    meta = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True, separators=(",", ":"))
+            for k, v in meta.items()}
+    return tensors, meta
+
+
+# --------------------------------------------------------------------------
 
 def main():
     default_out = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -658,6 +751,8 @@ def main():
 
     tensors, meta = make_ops()
     files.append(("ops.safetensors", tensors, meta))
+    tensors, meta = make_training()
+    files.append(("training.safetensors", tensors, meta))
 
     for net in ["vgg_small", "resnet_small", "vqa_small"]:
         print(f"computing {net}")

@@ -11,7 +11,9 @@
 #include "gradcam/ops/arithmetic.hpp"
 #include "gradcam/ops/batch_norm.hpp"
 #include "gradcam/ops/conv.hpp"
+#include "gradcam/ops/dropout.hpp"
 #include "gradcam/ops/linear.hpp"
+#include "gradcam/ops/loss.hpp"
 #include "gradcam/ops/pool.hpp"
 #include "gradcam/ops/reduce.hpp"
 #include "gradcam/ops/relu.hpp"
@@ -411,6 +413,51 @@ TEST_CASE("gradient: batch_norm2d") {
                 using T = scalar_of<decltype(v[0])>;
                 const auto [mean, var] = stats(T());
                 return batch_norm2d(v[0], Var<T>(), v[1], mean, var);
+            },
+            random);
+    }
+}
+
+// The training path: batch norm with batch statistics (whose mean and variance depend on x),
+// cross-entropy, and dropout with a fixed mask.
+TEST_CASE("gradient: training ops") {
+    Random random(2024);
+    SUBCASE("batch_norm2d with batch statistics") {
+        const index_t channels = 3;
+        check_gradients(
+            "batch_norm2d training",
+            {random_normal({4, channels, 3, 2}, random), random_normal({channels}, random),
+             random_normal({channels}, random)},
+            [&](const auto& v) {
+                using T = scalar_of<decltype(v[0])>;
+                Tensor<T> running_mean(Shape{channels}), running_var(Shape{channels}, T(1));
+                return batch_norm2d_training(v[0], v[1], v[2], running_mean, running_var);
+            },
+            random);
+        check_gradients(
+            "batch_norm2d training, no affine", {random_normal({2, 2, 3, 3}, random)},
+            [&](const auto& v) {
+                using T = scalar_of<decltype(v[0])>;
+                Tensor<T> running_mean(Shape{2}), running_var(Shape{2}, T(1));
+                return batch_norm2d_training(v[0], Var<T>(), Var<T>(), running_mean, running_var);
+            },
+            random);
+    }
+    SUBCASE("cross_entropy") {
+        check_gradients(
+            "cross_entropy", {random_normal({5, 4}, random)},
+            [](const auto& v) {
+                return cross_entropy(v[0], {3, 0, 1, 3, 2});
+            },
+            random);
+    }
+    SUBCASE("dropout in training") {
+        // A fresh generator with one seed per call: every forward draws the same mask.
+        check_gradients(
+            "dropout training", {random_normal({3, 7}, random)},
+            [](const auto& v) {
+                Random mask(99);
+                return dropout(v[0], 0.4, mask);
             },
             random);
     }

@@ -55,7 +55,7 @@ requires Network<Net, T> CamResult<T> grad_cam_plus_plus(
         const T activation_sum = a.sum();
         const auto g2 = grad.square(), g3 = grad.cube();
         const auto alpha =
-            (grad != T(0)).select(g2 / (T(2) * g2 + activation_sum * g3 + T(1e-7)), T(0));
+            (grad != T(0)).select(g2 / (T(2) * g2 + activation_sum * g3 + T(1e-6)), T(0));
         weights[m] = (alpha * grad.max(T(0))).sum();
     }
     Tensor<T> raw = weighted_channel_sum(weights, A);

@@ -110,9 +110,14 @@ class BatchNorm2d : public Module<T> {
     double momentum() const { return momentum_; }
 
   protected:
+    // Training mode normalises with the batch's statistics and updates the running ones.
     Var<T> forward(const Var<T>& x) override {
-        return batch_norm2d(x, this->use(x, weight_), this->use(x, bias_), running_mean_,
-                            running_var_, static_cast<T>(eps_));
+        const Var<T> gamma = this->use(x, weight_), beta = this->use(x, bias_);
+        if (!this->training())
+            return batch_norm2d(x, gamma, beta, running_mean_, running_var_, static_cast<T>(eps_));
+        batches_tracked_[0] += T(1);
+        return batch_norm2d_training(x, gamma, beta, running_mean_, running_var_,
+                                     static_cast<T>(momentum_), static_cast<T>(eps_));
     }
     void reset_parameters(Random&) override {
         weight_.fill(T(1));
@@ -179,21 +184,26 @@ class Flatten : public Module<T> {
     Var<T> forward(const Var<T>& x) override { return flatten(x); }
 };
 
-// The identity at inference.
+// The identity at inference; in training, zeroes values with probability p (seeded, so a
+// training run repeats exactly).
 template <class T>
 class Dropout : public Module<T> {
   public:
-    explicit Dropout(double p = 0.5) : p_(p) {
+    explicit Dropout(double p = 0.5, std::uint64_t seed = 0) : p_(p), random_(seed) {
         if (p < 0 || p >= 1)
             throw argument_error(detail::concat("Dropout: p = ", p, " is outside [0, 1)"));
     }
     double p() const { return p_; }
 
   protected:
-    Var<T> forward(const Var<T>& x) override { return dropout(x); }
+    Var<T> forward(const Var<T>& x) override {
+        return this->training() ? dropout(x, p_, random_) : dropout(x);
+    }
+    void reset_parameters(Random& random) override { random_ = Random(random.next()); }
 
   private:
     double p_;
+    Random random_;
 };
 
 template <class T>

@@ -1,81 +1,159 @@
-// Batch normalisation of NCHW tensors in inference mode: each channel is normalised with its
-// running statistics, then scaled and shifted (Ioffe & Szegedy 2015).
+// Batch normalisation of NCHW tensors (Ioffe & Szegedy 2015): each channel is normalised, then
+// scaled by gamma and shifted by beta. At inference the running statistics are used; in
+// training the batch's own statistics, which also update the running ones (as PyTorch does).
 #pragma once
 
 #include <cmath>
 #include <vector>
 
 #include "gradcam/detail/eigen.hpp"
+#include "gradcam/detail/parallel.hpp"
 #include "gradcam/tape.hpp"
 
 namespace gradcam {
 
-// forward:  y = (x - mean_c) / sqrt(var_c + eps) * gamma_c + beta_c, i.e. y = x * a_c + b_c
-// backward: dx = dy * a_c,  dgamma_c += sum dy * (x - mean_c) / sqrt(var_c + eps),
-//           dbeta_c += sum dy.  The running statistics are constants.
-// gamma and beta may be empty Vars (affine=False).
+namespace detail {
+
 template <class T>
-Var<T> batch_norm2d(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta,
-                    const Tensor<T>& running_mean, const Tensor<T>& running_var, T eps = T(1e-5)) {
-    detail::expect_rank(x.shape(), 4, "batch_norm2d input", "N, C, H, W");
-    const index_t batch = x.shape()[0], channels = x.shape()[1];
-    const index_t plane = x.shape()[2] * x.shape()[3];
-    const Shape per_channel{channels};
+void check_batch_norm(const Shape& x, const Var<T>& gamma, const Var<T>& beta,
+                      const Tensor<T>& running_mean, const Tensor<T>& running_var) {
+    expect_rank(x, 4, "batch_norm2d input", "N, C, H, W");
+    const Shape per_channel{x[1]};
     auto check = [&](const Shape& s, const char* what) {
         if (s != per_channel)
-            throw shape_error(detail::concat("batch_norm2d: ", what, " has shape ", s,
-                                             " but the input ", x.shape(), " has ", channels,
-                                             " channels"));
+            throw shape_error(concat("batch_norm2d: ", what, " has shape ", s, " but the input ", x,
+                                     " has ", x[1], " channels"));
     };
     check(running_mean.shape(), "running_mean");
     check(running_var.shape(), "running_var");
     if (gamma) check(gamma.shape(), "weight");
     if (beta) check(beta.shape(), "bias");
+}
 
-    // inv_std_c = 1 / sqrt(var_c + eps); y = x * a_c + b_c with a = gamma * inv_std.
-    std::vector<T> inv_std(static_cast<std::size_t>(channels)), a(inv_std.size()),
-        b(inv_std.size());
-    for (index_t c = 0; c < channels; ++c) {
-        const std::size_t k = static_cast<std::size_t>(c);
-        inv_std[k] = T(1) / std::sqrt(running_var[c] + eps);
-        a[k] = (gamma ? gamma.value()[c] : T(1)) * inv_std[k];
-        b[k] = (beta ? beta.value()[c] : T(0)) - running_mean[c] * a[k];
+// Normalises x with per-channel `mean` and `inv_std` (1 / sqrt(var + eps)) and records the op.
+// With batch statistics, mean and inv_std are functions of x, which adds two terms to dx.
+//   xhat = (x - mean_c) * inv_std_c,  y = gamma_c * xhat + beta_c = x * a_c + b_c
+//   running statistics:  dx = a_c * dy
+//   batch statistics:    dx = a_c * (dy - mean(dy) - xhat * mean(dy * xhat)), means over N, H, W
+//   dgamma_c = sum dy * xhat,  dbeta_c = sum dy
+template <class T>
+Var<T> normalise_channels(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta,
+                          std::vector<T> mean, std::vector<T> inv_std, bool batch_statistics) {
+    const index_t batch = x.shape()[0], channels = x.shape()[1];
+    const index_t plane = x.shape()[2] * x.shape()[3];
+    std::vector<T> a(inv_std.size()), b(inv_std.size());
+    for (std::size_t c = 0; c < a.size(); ++c) {
+        const index_t k = static_cast<index_t>(c);
+        a[c] = (gamma ? gamma.value()[k] : T(1)) * inv_std[c];
+        b[c] = (beta ? beta.value()[k] : T(0)) - mean[c] * a[c];
     }
     Tensor<T> y = Tensor<T>::uninitialized(x.shape());
-    for (index_t n = 0; n < batch; ++n)
-        for (index_t c = 0; c < channels; ++c) {
-            const index_t offset = (n * channels + c) * plane;
-            const std::size_t k = static_cast<std::size_t>(c);
-            detail::array(y.data() + offset, plane) =
-                detail::array(x.value().data() + offset, plane) * a[k] + b[k];
-        }
+    parallel_for(batch * channels, y.size() >= parallel_grain, [&](index_t item, int) {
+        const index_t offset = item * plane;
+        const std::size_t k = static_cast<std::size_t>(item % channels);
+        array(y.data() + offset, plane) = array(x.value().data() + offset, plane) * a[k] + b[k];
+    });
 
-    Tensor<T> mean_copy = running_mean;
-    auto backward = [a, inv_std, mean = std::move(mean_copy), batch, channels, plane,
-                     has_gamma = bool(gamma), has_beta = bool(beta)](
+    auto backward = [a, mean = std::move(mean), inv_std = std::move(inv_std), batch, channels,
+                     plane, batch_statistics, has_gamma = bool(gamma), has_beta = bool(beta)](
                         const Node<T>& self, const Tensor<T>& dy, GradientSink<T>& sink) {
         const std::size_t gamma_at = 1, beta_at = has_gamma ? 2 : 1;
+        const bool want_x = sink.wants(0);
         const bool want_gamma = has_gamma && sink.wants(gamma_at);
         const bool want_beta = has_beta && sink.wants(beta_at);
-        for (index_t n = 0; n < batch; ++n)
-            for (index_t c = 0; c < channels; ++c) {
+        const T count = static_cast<T>(batch * plane);
+        const T* xs = self.input(0).value().data();
+        T* dx_all = want_x ? sink.of(0).data() : nullptr;
+        T* dgamma = want_gamma ? sink.of(gamma_at).data() : nullptr;
+        T* dbeta = want_beta ? sink.of(beta_at).data() : nullptr;
+        // Channels are independent: each writes its own slices of dx, dgamma and dbeta.
+        parallel_for(channels, dy.size() >= parallel_grain, [&](index_t c, int) {
+            const std::size_t k = static_cast<std::size_t>(c);
+            T dy_sum = 0, dy_xhat_sum = 0;
+            for (index_t n = 0; n < batch; ++n) {
                 const index_t offset = (n * channels + c) * plane;
-                const std::size_t k = static_cast<std::size_t>(c);
-                auto g = detail::array(dy.data() + offset, plane);
-                if (sink.wants(0)) detail::array(sink.of(0).data() + offset, plane) += g * a[k];
-                if (want_gamma) {
-                    auto xc = detail::array(self.input(0).value().data() + offset, plane);
-                    sink.of(gamma_at)[c] += (g * (xc - mean[c])).sum() * inv_std[k];
-                }
-                if (want_beta) sink.of(beta_at)[c] += g.sum();
+                auto g = array(dy.data() + offset, plane);
+                dy_sum += g.sum();
+                dy_xhat_sum += (g * (array(xs + offset, plane) - mean[k])).sum() * inv_std[k];
             }
+            if (want_gamma) dgamma[c] += dy_xhat_sum;
+            if (want_beta) dbeta[c] += dy_sum;
+            if (!want_x) return;
+            for (index_t n = 0; n < batch; ++n) {
+                const index_t offset = (n * channels + c) * plane;
+                auto g = array(dy.data() + offset, plane);
+                auto dx = array(dx_all + offset, plane);
+                if (!batch_statistics) {
+                    dx += g * a[k];
+                } else {
+                    auto xhat = (array(xs + offset, plane) - mean[k]) * inv_std[k];
+                    dx += a[k] * (g - dy_sum / count - xhat * (dy_xhat_sum / count));
+                }
+            }
+        });
     };
-    if (gamma && beta)
-        return x.tape().record("batch_norm2d", std::move(y), {x, gamma, beta}, std::move(backward));
-    if (gamma)
-        return x.tape().record("batch_norm2d", std::move(y), {x, gamma}, std::move(backward));
-    if (beta) return x.tape().record("batch_norm2d", std::move(y), {x, beta}, std::move(backward));
-    return x.tape().record("batch_norm2d", std::move(y), {x}, std::move(backward));
+    std::vector<Var<T>> inputs{x};
+    if (gamma) inputs.push_back(gamma);
+    if (beta) inputs.push_back(beta);
+    return x.tape().record(batch_statistics ? "batch_norm2d (training)" : "batch_norm2d",
+                           std::move(y), inputs, std::move(backward));
+}
+
+}  // namespace detail
+
+// Inference: normalise with the running statistics, which are constants.
+// gamma and beta may be empty Vars (affine=False).
+template <class T>
+Var<T> batch_norm2d(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta,
+                    const Tensor<T>& running_mean, const Tensor<T>& running_var, T eps = T(1e-5)) {
+    detail::check_batch_norm(x.shape(), gamma, beta, running_mean, running_var);
+    std::vector<T> mean(running_mean.begin(), running_mean.end()), inv_std(mean.size());
+    for (std::size_t c = 0; c < mean.size(); ++c) {
+        const T variance = running_var[static_cast<index_t>(c)] + eps;
+        if (!(variance > 0))
+            throw argument_error(detail::concat("batch_norm2d: running_var[", c,
+                                                "] + eps = ", variance, " is not positive"));
+        inv_std[c] = T(1) / std::sqrt(variance);
+    }
+    return detail::normalise_channels(x, gamma, beta, std::move(mean), std::move(inv_std), false);
+}
+
+// Training: normalise with the batch's mean and biased variance over (N, H, W), and move the
+// running statistics towards the batch's: r = (1 - momentum) * r + momentum * batch statistic,
+// with the unbiased variance, as torch.nn.functional.batch_norm(training=True).
+template <class T>
+Var<T> batch_norm2d_training(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta,
+                             Tensor<T>& running_mean, Tensor<T>& running_var, T momentum = T(0.1),
+                             T eps = T(1e-5)) {
+    detail::check_batch_norm(x.shape(), gamma, beta, running_mean, running_var);
+    const index_t batch = x.shape()[0], channels = x.shape()[1];
+    const index_t plane = x.shape()[2] * x.shape()[3], count = batch * plane;
+    if (count < 2)
+        throw shape_error(detail::concat("batch_norm2d (training): input ", x.shape(),
+                                         " has one value per channel; batch statistics need more"));
+    std::vector<T> mean(static_cast<std::size_t>(channels)), inv_std(mean.size());
+    detail::parallel_for(
+        channels, x.shape().numel() >= detail::parallel_grain, [&](index_t c, int) {
+            double sum = 0, squares = 0;
+            for (index_t n = 0; n < batch; ++n) {
+                auto v = detail::array(x.value().data() + (n * channels + c) * plane, plane)
+                             .template cast<double>();
+                sum += v.sum();
+                squares += v.square().sum();
+            }
+            const double m = sum / static_cast<double>(count);
+            const double variance = std::max(squares / static_cast<double>(count) - m * m, 0.0);
+            const std::size_t k = static_cast<std::size_t>(c);
+            mean[k] = static_cast<T>(m);
+            inv_std[k] = static_cast<T>(1.0 / std::sqrt(variance + static_cast<double>(eps)));
+            const double unbiased =
+                variance * static_cast<double>(count) / static_cast<double>(count - 1);
+            running_mean[c] = static_cast<T>((1 - static_cast<double>(momentum)) * running_mean[c] +
+                                             momentum * m);
+            running_var[c] = static_cast<T>((1 - static_cast<double>(momentum)) * running_var[c] +
+                                            momentum * unbiased);
+        });
+    return detail::normalise_channels(x, gamma, beta, std::move(mean), std::move(inv_std), true);
 }
 
 }  // namespace gradcam
