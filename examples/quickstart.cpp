@@ -1,22 +1,20 @@
-// Quick start: build a network, pick a layer by name, get its Grad-CAM map, write a heatmap.
-#include <gradcam/data/shapes.hpp>
+// Quick start: load a network, pick a layer by name, get its Grad-CAM map, write a heatmap.
+#include <cstdio>
 #include <gradcam/gradcam.hpp>
+#include <gradcam/models/shapes.hpp>
 
 int main() {
     using namespace gradcam;
-    nn::Sequential<float> net;  // children are named "0", "1", ... as in PyTorch
-    net.emplace_back<nn::Conv2d<float>>(3, 16, 3, Conv2dOptions{.padding = 1});
-    net.emplace_back<nn::ReLU<float>>();
-    net.emplace_back<nn::MaxPool2d<float>>(Pool2dOptions{.kernel = 2});
-    net.emplace_back<nn::Conv2d<float>>(16, 32, 3, Conv2dOptions{.padding = 1});
-    net.emplace_back<nn::ReLU<float>>();  // "4": the target layer
-    net.emplace_back<nn::AdaptiveAvgPool2d<float>>(1);
-    net.emplace_back<nn::Flatten<float>>();
-    net.emplace_back<nn::Linear<float>>(32, 6);
-    net.initialise(1);  // or: load_state(net, "weights.safetensors");
+    const std::string examples = GRADCAM_EXAMPLES_DIR;          // this repository's examples/
+    models::ResNet<float> net(models::shapes_resnet_config());  // torchvision's layer names
+    load_state(net, examples + "/models/shapes_resnet.safetensors");
 
-    const io::Image photo = shapes::draw_scene(3).image;  // or: io::read_image("photo.jpg")
-    const Tensor<float> input = io::to_input<float>(photo);
-    const CamResult<float> map = grad_cam(net, input, "4");  // target: the top class
-    io::write_png("quickstart.png", io::overlay(photo, map.normalised.subtensor(0)));
+    const io::Image photo = io::read_image(examples + "/data/two_shapes.png");
+    const Tensor<float> input = io::to_input<float>(photo);  // [1, 3, 64, 64], normalised
+
+    const CamResult<float> top = grad_cam(net, input, "layer3");      // target: the top class
+    const CamResult<float> star = grad_cam(net, input, "layer3", 5);  // or any class
+    std::printf("top class %lld\n", static_cast<long long>(top.classes[0]));
+    io::write_png("quickstart_top.png", io::overlay(photo, top.normalised.subtensor(0)));
+    io::write_png("quickstart_star.png", io::overlay(photo, star.normalised.subtensor(0)));
 }

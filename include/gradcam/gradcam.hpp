@@ -11,6 +11,7 @@
 #include "gradcam/explain/target.hpp"
 #include "gradcam/interpolate.hpp"
 #include "gradcam/io/colormap.hpp"
+#include "gradcam/io/figure.hpp"
 #include "gradcam/io/image.hpp"
 #include "gradcam/io/safetensors.hpp"
 #include "gradcam/io/state.hpp"

@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "gradcam/detail/parallel.hpp"
 #include "gradcam/io/image.hpp"
 #include "gradcam/random.hpp"
 
@@ -53,6 +54,7 @@ struct SceneOptions {
     double min_radius = 0.12;  // object radius as a fraction of the image size
     double max_radius = 0.22;
     std::vector<int> labels = {};  // the classes to draw; random when empty
+    double texture = 1.0;          // strength of the background's smooth field and stripes
 };
 
 namespace detail {
@@ -128,6 +130,15 @@ inline Scene draw_scene(std::uint64_t seed, const SceneOptions& options = {}) {
     if (!options.labels.empty() && static_cast<int>(options.labels.size()) != options.objects)
         throw argument_error(gradcam::detail::concat("draw_scene: ", options.labels.size(),
                                                      " labels for ", options.objects, " objects"));
+    if (!(options.min_radius > 0 && options.min_radius <= options.max_radius &&
+          options.max_radius <= 0.3))
+        throw argument_error(gradcam::detail::concat("draw_scene: radii ", options.min_radius,
+                                                     " to ", options.max_radius,
+                                                     " must satisfy 0 < min <= max <= 0.3"));
+    if (options.labels.size() == 2 && options.labels[0] == options.labels[1])
+        throw argument_error(gradcam::detail::concat("draw_scene: both objects have class ",
+                                                     options.labels[0],
+                                                     "; two objects must differ"));
     for (int label : options.labels)
         if (label < 0 || label >= class_count)
             throw argument_error(gradcam::detail::concat(
@@ -142,9 +153,10 @@ inline Scene draw_scene(std::uint64_t seed, const SceneOptions& options = {}) {
     constexpr int grid = 5;
     std::array<std::array<double, grid * grid>, 3> field{};
     for (auto& channel : field)
-        for (double& v : channel) v = random.uniform(-35, 35);
+        for (double& v : channel) v = options.texture * random.uniform(-35, 35);
     const double stripe_angle = random.uniform(0, std::numbers::pi);
-    const double stripe_period = random.uniform(5, 14), stripe_strength = random.uniform(0, 18);
+    const double stripe_period = random.uniform(5, 14),
+                 stripe_strength = options.texture * random.uniform(0, 18);
     std::vector<double> background(static_cast<std::size_t>(size * size * 3));
     for (int y = 0; y < size; ++y)
         for (int x = 0; x < size; ++x) {
@@ -234,10 +246,36 @@ inline Scene draw_scene(std::uint64_t seed, const SceneOptions& options = {}) {
                 }
             }
     }
+    // Pixel noise: uniform, standard deviation 6.
+    const double noise = 6 * std::sqrt(3.0);
     for (std::size_t i = 0; i < colour.size(); ++i)
         scene.image.pixels[i] = static_cast<std::uint8_t>(
-            std::clamp(std::lround(colour[i] + random.normal(0, 6)), 0L, 255L));
+            std::clamp(std::lround(colour[i] + random.uniform(-noise, noise)), 0L, 255L));
     return scene;
+}
+
+// Scenes seed_begin, seed_begin + 1, ... as a normalised network input [count, 3, size, size]
+// with each scene's first object's class as its label.
+template <class T>
+struct LabelledBatch {
+    Tensor<T> images;
+    std::vector<index_t> labels;
+};
+
+template <class T>
+LabelledBatch<T> labelled_batch(
+    std::uint64_t seed_begin, index_t count, const SceneOptions& options = {},
+    const io::Normalisation& normalisation = io::imagenet_normalisation) {
+    std::vector<io::Image> images(static_cast<std::size_t>(count));
+    LabelledBatch<T> batch;
+    batch.labels.resize(images.size());
+    gradcam::detail::parallel_for(count, true, [&](index_t i, int) {
+        Scene scene = draw_scene(seed_begin + static_cast<std::uint64_t>(i), options);
+        batch.labels[static_cast<std::size_t>(i)] = scene.objects.front().label;
+        images[static_cast<std::size_t>(i)] = std::move(scene.image);
+    });
+    batch.images = io::to_batch<T>(images, normalisation);
+    return batch;
 }
 
 }  // namespace gradcam::shapes
