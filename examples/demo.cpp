@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <gradcam/gradcam.hpp>
+#include <gradcam/io/figure.hpp>
 #include <gradcam/models/shapes.hpp>
 #include <string>
 #include <vector>

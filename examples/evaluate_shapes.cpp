@@ -1,7 +1,7 @@
 // The paper's two claims, measured where the ground truth is known: Grad-CAM localizes objects
 // from class labels alone (weakly-supervised localization with the paper's protocol, and the
 // pointing game), and it is class-discriminative (in two-object scenes, each class's map lies
-// on that class's object). Uses the shipped ResNet-style shapes model; prints a table.
+// on that class's object). Uses both shipped shapes models; prints a table for each.
 //
 //   evaluate_shapes [scenes, default 1000]
 #include <cstdio>
@@ -60,36 +60,9 @@ std::vector<NamedMethod> methods(const std::string& layer, const std::string& ea
          }},
         {"centre baseline",
          [](auto&, const auto& x, const auto&) {
-             const Tensor<float> centre = evaluation::centre_map<float>(x.dim(2), x.dim(3));
-             Tensor<float> maps(Shape{x.dim(0), x.dim(2), x.dim(3)});
-             for (index_t n = 0; n < x.dim(0); ++n)
-                 std::copy(centre.begin(), centre.end(), maps.data() + n * centre.size());
-             return maps;
+             return evaluation::centre_maps<float>(x.dim(0), x.dim(2), x.dim(3));
          }},
     };
-}
-
-struct Scenes {
-    std::vector<shapes::Scene> scenes;
-    Tensor<float> input;
-};
-
-Scenes draw(std::uint64_t seed, index_t count, int objects) {
-    Scenes s;
-    std::vector<io::Image> images;
-    for (index_t i = 0; i < count; ++i) {
-        s.scenes.push_back(
-            shapes::draw_scene(seed + static_cast<std::uint64_t>(i), {.objects = objects}));
-        images.push_back(s.scenes.back().image);
-    }
-    s.input = io::to_batch<float>(images);
-    return s;
-}
-
-std::vector<index_t> labels_of(const std::vector<shapes::Scene>& scenes, std::size_t k) {
-    std::vector<index_t> labels;
-    for (const auto& scene : scenes) labels.push_back(scene.objects[k].label);
-    return labels;
 }
 
 // Scores every method on `count` single-object and `count` two-object scenes; prints a table.
@@ -100,9 +73,10 @@ void evaluate(const std::string& title, nn::Module<float>& net, const std::vecto
     index_t correct = 0;
     for (index_t start = 0; start < count; start += batch) {
         const index_t n = std::min(batch, count - start);
-        const Scenes single = draw(single_seed + static_cast<std::uint64_t>(start), n, 1);
-        const Scenes pair = draw(pair_seed + static_cast<std::uint64_t>(start), n, 2);
-        const std::vector<index_t> truth = labels_of(single.scenes, 0);
+        const auto single = shapes::scene_batch<float>(single_seed + static_cast<std::uint64_t>(start), n);
+        const auto pair =
+            shapes::scene_batch<float>(pair_seed + static_cast<std::uint64_t>(start), n, {.objects = 2});
+        const std::vector<index_t> truth = single.labels(0);
         Tape<float> tape;
         correct += train::count_correct(net(tape.constant(single.input)).value(), truth);
         for (std::size_t m = 0; m < all.size(); ++m) {
@@ -110,8 +84,7 @@ void evaluate(const std::string& title, nn::Module<float>& net, const std::vecto
             localization[m].add(maps, single.scenes);
             at_half[m].add(maps, single.scenes, 0.5);
             for (std::size_t k = 0; k < 2; ++k)
-                discrimination[m].add(all[m].maps(net, pair.input, labels_of(pair.scenes, k)),
-                                      pair.scenes, k);
+                discrimination[m].add(all[m].maps(net, pair.input, pair.labels(k)), pair.scenes, k);
         }
     }
     std::printf("%s: classification accuracy %.1f%% on the single-object scenes\n\n", title.c_str(),

@@ -723,14 +723,102 @@ def make_training():
     tensors.update({"step.x": x, "step.labels": labels, "step.loss": loss.detach()})
     for name, param in model.named_parameters():
         tensors[f"step.grad.{name}"] = param.grad.detach().clone()
+    torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3).step()
+    for name, param in model.named_parameters():
+        tensors[f"step.updated.{name}"] = param.detach().clone()
     for name, t in state_dict_tensors(model).items():
         if "running" in name or "num_batches" in name:
             tensors[f"step.after.{name}"] = t.clone()
     meta["step"] = ("Sequential(Conv2d(3,4,3,p=1), BatchNorm2d(4), ReLU, MaxPool2d(2), "
                     "Conv2d(4,6,3,p=1,bias=False), BatchNorm2d(6), ReLU, AdaptiveAvgPool2d(1), Flatten, "
-                    "Linear(6,5)), train(), cross_entropy")
+                    "Linear(6,5)), train(), cross_entropy, then SGD(lr=0.1, momentum=0.9, "
+                    "weight_decay=1e-3).step() (step.updated.*)")
     meta = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True, separators=(",", ":"))
             for k, v in meta.items()}
+    return tensors, meta
+
+
+# --------------------------------------------------------------------------
+# the model builders: a Bottleneck ResNet and a VGG with batch norm, small, with torchvision's
+# module layout, so the C++ builders are checked against PyTorch for those block types too
+# --------------------------------------------------------------------------
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes, width, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, width * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(width * 4)
+        self.relu = nn.ReLU()
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = self.downsample(x) if self.downsample is not None else x
+        return self.relu(out + identity)
+
+
+class BottleneckSmall(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.layer1 = nn.Sequential(Bottleneck(8, 4, 1, nn.Sequential(nn.Conv2d(8, 16, 1, bias=False),
+                                                                       nn.BatchNorm2d(16))))
+        self.layer2 = nn.Sequential(Bottleneck(16, 8, 2, nn.Sequential(nn.Conv2d(16, 32, 1, stride=2, bias=False),
+                                                                        nn.BatchNorm2d(32))))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.flatten(self.avgpool(self.layer2(self.layer1(x))), 1))
+
+
+class VggBnSmall(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2))
+        self.avgpool = nn.AdaptiveAvgPool2d((2, 2))
+        self.classifier = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 10))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def make_builders():
+    tensors, meta = {}, {}
+    for name, cls, layer in [("bottleneck", BottleneckSmall, "layer2"), ("vgg_bn", VggBnSmall, "features.9")]:
+        torch.manual_seed(OPS_SEED + zlib.crc32(name.encode()))
+        model = cls()
+        randomise_batchnorms(model)
+        model.eval()
+        for key, t in state_dict_tensors(model).items():
+            tensors[f"{name}.weights.{key}"] = t
+        x = torch.randn(2, 3, 24, 24, generator=torch.Generator().manual_seed(OPS_SEED + 7))
+        captured = {}
+        module = dict(model.named_modules())[layer]
+        hook = module.register_forward_hook(lambda mod, inp, out: captured.__setitem__("A", out))
+        logits = model(x)
+        hook.remove()
+        classes = logits.argmax(dim=1)
+        score = logits[torch.arange(2), classes].sum()
+        (grads,) = torch.autograd.grad(score, (captured["A"],))
+        raw = (grads.mean(dim=(2, 3), keepdim=True) * captured["A"]).sum(dim=1)
+        tensors.update({f"{name}.input": x, f"{name}.logits": logits.detach(),
+                        f"{name}.gradcam_raw": raw.detach()})
+        meta[name] = json.dumps({"layer": layer, "classes": classes.tolist()})
     return tensors, meta
 
 
@@ -753,6 +841,8 @@ def main():
     files.append(("ops.safetensors", tensors, meta))
     tensors, meta = make_training()
     files.append(("training.safetensors", tensors, meta))
+    tensors, meta = make_builders()
+    files.append(("builders.safetensors", tensors, meta))
 
     for net in ["vgg_small", "resnet_small", "vqa_small"]:
         print(f"computing {net}")

@@ -3,6 +3,8 @@
 // net with batch norm and residual additions, and a two-input VQA-style net.
 #include <doctest/doctest.h>
 
+#include <nlohmann/json.hpp>
+
 #include "small_nets.hpp"
 
 using namespace gradcam;
@@ -234,4 +236,52 @@ TEST_CASE("explain: errors name what is wrong") {
             [](const Var<float>& y) { return sum(y); }),
         doctest::Contains("cam: CAM weights channels by the classifier row of a class"),
         unsupported_error);
+}
+
+TEST_CASE("explain: the model builders match PyTorch for Bottleneck blocks and VGG with batch norm") {
+    const io::SafetensorsFile golden(data_file("builders.safetensors"));
+    auto check = [&](nn::Module<float>& net, const std::string& name) {
+        INFO(name);
+        for (auto& [key, tensor] : net.state()) golden.read_into(name + ".weights." + key, *tensor);
+        index_t stored = 0;
+        for (const io::TensorInfo& entry : golden.entries()) stored += entry.key.starts_with(name + ".weights.");
+        CHECK(stored == static_cast<index_t>(net.state().size()));  // no key of PyTorch's left over
+        const nlohmann::json meta = nlohmann::json::parse(golden.metadata().at(name));
+        const Tensor<float> input = golden.read<float>(name + ".input");
+        Tape<float> tape;
+        check_close(net(tape.constant(input)).value(), golden.read<float>(name + ".logits"), tolerance, "logits");
+        check_close(grad_cam(net, input, meta.at("layer").get<std::string>()).raw,
+                    golden.read<float>(name + ".gradcam_raw"), tolerance, "gradcam_raw");
+    };
+    models::ResNet<float> bottleneck({.bottleneck = true,
+                                      .blocks = {1, 1},
+                                      .widths = {4, 8},
+                                      .stem_channels = 8,
+                                      .stem_kernel = 3,
+                                      .stem_stride = 1,
+                                      .classes = 10});
+    check(bottleneck, "bottleneck");
+    constexpr int M = models::VggConfig::max_pool;
+    models::Vgg<float> vgg_bn({.layers = {8, M, 16, 16, M},
+                               .batch_norm = true,
+                               .pooled_size = 2,
+                               .hidden = {16},
+                               .classes = 10});
+    CHECK(vgg_bn.last_conv_layer() == "features.9");
+    check(vgg_bn, "vgg_bn");
+}
+
+TEST_CASE("explain: a module network left in training mode is explained in inference mode, untouched") {
+    models::ResNet<float> net(small_nets::ResNetSmall<float>::config());
+    load_state(net, data_file("resnet_small.weights.safetensors"));
+    const io::SafetensorsFile golden(data_file("resnet_small.golden.safetensors"));
+    const Tensor<float> input = golden.read<float>("input");
+    const Tensor<float> running_before = net.tensor("layer1.0.bn1.running_mean");
+    net.set_training(true);
+    net.module("layer1.0.bn2").set_training_alone(false);  // a mixed setup must survive too
+    check_close(grad_cam(net, input, "layer2").raw, golden.read<float>("gradcam_raw"), tolerance, "raw");
+    CHECK(max_abs_difference(running_before, net.tensor("layer1.0.bn1.running_mean")) == 0.0f);
+    CHECK(net.tensor("layer1.0.bn1.num_batches_tracked")[0] == 0.0f);
+    CHECK(net.module("layer1.0.bn1").training());
+    CHECK_FALSE(net.module("layer1.0.bn2").training());
 }

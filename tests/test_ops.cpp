@@ -83,3 +83,34 @@ TEST_CASE("ops: forward values match PyTorch in double") {
     // The references are float32, so double agrees to float precision.
     check_every_case<double>(2e-6);
 }
+
+#ifdef _OPENMP
+#include <omp.h>
+
+TEST_CASE("ops: one thread and two threads give the same results") {
+    // Batch parallelism in conv2d (with per-thread weight gradients), plane parallelism in
+    // pooling, batch norm and ReLU: sums may be grouped differently, so agree to rounding.
+    Random random(77);
+    Tensor<double> x(Shape{4, 6, 40, 40}), w(Shape{8, 6, 3, 3});
+    for (double& v : x) v = random.normal();
+    for (double& v : w) v = random.normal();
+    auto run = [&](int threads) {
+        const int saved = omp_get_max_threads();
+        omp_set_num_threads(threads);
+        Tape<double> tape;
+        const Var<double> xv = tape.variable(x), wv = tape.variable(w);
+        Tensor<double> running_mean(Shape{8}), running_var(Shape{8}, 1.0);
+        const Var<double> y = max_pool2d(relu(batch_norm2d_training(conv2d(xv, wv, {.padding = 1}), Var<double>(),
+                                                                    Var<double>(), running_mean, running_var)),
+                                         {.kernel = 3, .stride = 2, .padding = 1});
+        auto grads = tape.gradient(sum(y * y), {xv, wv});
+        omp_set_num_threads(saved);
+        return std::tuple{y.value(), grads[0], grads[1]};
+    };
+    const auto [y1, dx1, dw1] = run(1);
+    const auto [y2, dx2, dw2] = run(2);
+    check_close(y2, y1, 1e-12, "output");
+    check_close(dx2, dx1, 1e-12, "input gradient");
+    check_close(dw2, dw1, 1e-12, "weight gradient");
+}
+#endif

@@ -103,42 +103,16 @@ TEST_CASE("evaluation: known answers on hand-made maps") {
 
 namespace {
 
-struct Scenes {
-    std::vector<shapes::Scene> scenes;
-    Tensor<float> input;
-    std::vector<index_t> labels(std::size_t k) const {
-        std::vector<index_t> out;
-        for (const auto& s : scenes) out.push_back(s.objects[k].label);
-        return out;
-    }
-};
-
-Scenes draw(std::uint64_t seed, index_t count, int objects) {
-    Scenes s;
-    std::vector<io::Image> images;
-    for (index_t i = 0; i < count; ++i) {
-        s.scenes.push_back(
-            shapes::draw_scene(seed + static_cast<std::uint64_t>(i), {.objects = objects}));
-        images.push_back(s.scenes.back().image);
-    }
-    s.input = io::to_batch<float>(images);
-    return s;
-}
-
 // Checks the paper's claims for one shipped network and its last convolutional layer.
 void check_claims(nn::Module<float>& net, const std::string& layer, double fraction) {
     constexpr index_t count = 200;
-    const Scenes singles = draw(5'000'000, count, 1);
+    const auto singles = shapes::scene_batch<float>(5'000'000, count);
     CHECK(train::accuracy(net, singles.input, singles.labels(0)) >= 0.95);
 
     evaluation::LocalizationScores grad, centre;
     grad.add(grad_cam(net, singles.input, layer, singles.labels(0)).upsampled, singles.scenes,
              fraction);
-    Tensor<float> centre_maps(Shape{count, 64, 64});
-    const Tensor<float> one = evaluation::centre_map<float>(64, 64);
-    for (index_t n = 0; n < count; ++n)
-        std::copy(one.begin(), one.end(), centre_maps.data() + n * one.size());
-    centre.add(centre_maps, singles.scenes, fraction);
+    centre.add(evaluation::centre_maps<float>(count, 64, 64), singles.scenes, fraction);
     MESSAGE(layer << ", threshold " << fraction << ": localization error Grad-CAM "
                   << grad.localization_error() << ", centre " << centre.localization_error()
                   << "; pointing Grad-CAM " << grad.pointing_accuracy() << ", centre "
@@ -146,7 +120,7 @@ void check_claims(nn::Module<float>& net, const std::string& layer, double fract
     CHECK(grad.localization_error() < centre.localization_error() - 0.05);
     CHECK(grad.pointing_accuracy() > 0.8);
 
-    const Scenes pairs = draw(6'000'000, count, 2);
+    const auto pairs = shapes::scene_batch<float>(6'000'000, count, {.objects = 2});
     evaluation::DiscriminationScores discrimination;
     for (std::size_t k = 0; k < 2; ++k)
         discrimination.add(grad_cam(net, pairs.input, layer, pairs.labels(k)).upsampled,

@@ -107,8 +107,10 @@ TEST_CASE("training: SGD and Adam follow PyTorch's update rules") {
         shape_error);
 }
 
-TEST_CASE("training: one step of a network in training mode matches PyTorch") {
-    nn::Sequential<float> net;
+namespace {
+
+// The network of the golden's training step, with its weights before the step.
+void build_step_network(nn::Sequential<float>& net) {
     net.emplace_back<nn::Conv2d<float>>(3, 4, 3, Conv2dOptions{.padding = 1});
     net.emplace_back<nn::BatchNorm2d<float>>(4);
     net.emplace_back<nn::ReLU<float>>();
@@ -120,7 +122,13 @@ TEST_CASE("training: one step of a network in training mode matches PyTorch") {
     net.emplace_back<nn::Flatten<float>>();
     net.emplace_back<nn::Linear<float>>(6, 5);
     for (auto& [key, tensor] : net.state()) golden().read_into("step.before." + key, *tensor);
+}
 
+}  // namespace
+
+TEST_CASE("training: one step of a network in training mode matches PyTorch") {
+    nn::Sequential<float> net;
+    build_step_network(net);
     train::TrainingMode<float> training(net, true);
     Tape<float> tape;
     tape.set_parameters_differentiable(true);
@@ -169,10 +177,10 @@ TEST_CASE(
     }
     CHECK_FALSE(net.training());
 
-    const auto batch = shapes::labelled_batch<float>(0, 8);
+    const auto batch = shapes::scene_batch<float>(0, 8);
     train::Adam<float> adam(net.parameters(), {});
     const Tensor<float> running_before = net.tensor("bn1.running_mean");
-    const train::StepResult step = train::train_step(net, adam, batch.images, batch.labels);
+    const train::StepResult step = train::train_step(net, adam, batch.input, batch.labels());
     CHECK(step.images == 8);
     CHECK(step.loss > 0);
     CHECK_FALSE(net.training());
@@ -181,7 +189,7 @@ TEST_CASE(
     CHECK(net.tensor("bn1.num_batches_tracked")[0] == 1.0f);
 
     const Tensor<float> running_after = net.tensor("bn1.running_mean");
-    const double accuracy = train::accuracy(net, batch.images, batch.labels, 3);
+    const double accuracy = train::accuracy(net, batch.input, batch.labels(), 3);
     CHECK((accuracy >= 0.0 && accuracy <= 1.0));
     CHECK(max_abs_difference(running_after, net.tensor("bn1.running_mean")) ==
           0.0f);  // inference leaves it
@@ -193,4 +201,84 @@ TEST_CASE(
     CHECK(progress.accuracy() == doctest::Approx(0.5));
     CHECK(progress.line(2, 8, 40, 125)
               .starts_with("epoch 2/8  step 40/125  loss 1.0000  accuracy 50.0%  "));
+}
+
+TEST_CASE("training: train_step (forward, loss, gradients, SGD update) matches PyTorch") {
+    nn::Sequential<float> net;
+    build_step_network(net);
+    train::Sgd<float> sgd(net.parameters(), {.learning_rate = 0.1, .momentum = 0.9, .weight_decay = 1e-3});
+    const train::StepResult step =
+        train::train_step(net, sgd, golden().read<float>("step.x"), labels("step.labels"));
+    CHECK(step.loss == doctest::Approx(golden().read<float>("step.loss")[0]).epsilon(1e-5));
+    for (auto& [key, parameter] : net.parameters())
+        check_close(*parameter, golden().read<float>("step.updated." + key), 1e-5, key + " after the update");
+    CHECK_FALSE(net.training());
+}
+
+TEST_CASE("training: parameters the loss does not reach get no gradient and are not moved") {
+    Tensor<double> used(Shape{1, 2}, {1.0, 2.0}), unused(Shape{1, 2}, {1.0, 1.0});
+    Tape<double> tape;
+    tape.set_parameters_differentiable(true);
+    const Var<double> x = tape.constant(Tensor<double>(Shape{1, 2}, {3.0, 4.0}));
+    const Var<double> loss = sum(linear(x, tape.parameter(used)));
+    linear(x, tape.parameter(unused));  // computed, but not part of the loss
+    const auto grads = tape.parameter_gradients(loss);
+    CHECK(grads.size() == 1);
+    CHECK(grads.contains(&used));
+    train::Adam<double> adam({{"used", &used}, {"unused", &unused}}, {.learning_rate = 0.1});
+    adam.step(grads);
+    CHECK(unused(0, 0) == 1.0);  // as PyTorch, which skips parameters whose gradient is None
+    CHECK(used(0, 0) != 1.0);
+}
+
+TEST_CASE("training: dropout drops about p of the values, scales the rest, and differs per layer") {
+    nn::Sequential<float> net;
+    net.emplace_back<nn::Dropout<float>>(0.25);
+    net.emplace_back<nn::Dropout<float>>(0.25);
+    const Tensor<float> ones(Shape{4, 1000}, 1.0f);
+    {
+        Tape<float> tape;
+        CHECK(max_abs_difference(net(tape.constant(ones)).value(), ones) == 0.0f);  // inference
+    }
+    train::TrainingMode<float> training(net, true);
+    Tape<float> tape;
+    const Var<float> first = net[0](tape.constant(ones));
+    index_t zeros = 0;
+    for (float v : first.value()) {
+        CHECK((v == 0.0f || v == doctest::Approx(1.0f / 0.75f)));
+        zeros += v == 0.0f;
+    }
+    CHECK(static_cast<double>(zeros) / 4000 == doctest::Approx(0.25).epsilon(0.1));
+    const Var<float> second = net[1](tape.constant(ones));
+    CHECK(max_abs_difference(first.value(), second.value()) > 0.0f);  // own seeds, own masks
+}
+
+TEST_CASE("training: bad optimizer and training arguments are refused with a reason") {
+    Tensor<float> p(Shape{2});
+    using Params = std::vector<std::pair<std::string, Tensor<float>*>>;
+    CHECK_THROWS_WITH_AS(train::Sgd<float>(Params{{"p", &p}}, {.learning_rate = -1}),
+                         "Sgd: learning rate -1, momentum 0 and weight decay 0 must not be negative",
+                         argument_error);
+    CHECK_THROWS_WITH_AS(train::Sgd<float>(Params{{"p", &p}}, {.nesterov = true}),
+                         "Sgd: Nesterov momentum needs a momentum above 0", argument_error);
+    CHECK_THROWS_WITH_AS(train::Adam<float>(Params{{"p", &p}}, {.beta2 = 1.0}),
+                         "Adam: learning rate 0.001, eps 1e-08 and weight decay 0 must not be negative, "
+                         "betas (0.9, 1) must lie in [0, 1)",
+                         argument_error);
+    models::ResNet<float> net(models::shapes_resnet_config());
+    const auto batch = shapes::scene_batch<float>(0, 2);
+    train::Adam<float> adam(net.parameters(), {});
+    CHECK_THROWS_WITH_AS(train::train_step(net, adam, batch.input, {1}),
+                         "train_step: 1 labels for images [2, 3, 64, 64]", shape_error);
+    CHECK_THROWS_WITH_AS(train::accuracy(net, batch.input, batch.labels(), 0),
+                         "accuracy: batch size 0 is not positive", argument_error);
+    CHECK_THROWS_WITH_AS(shapes::scene_batch<float>(0, 2, {.objects = 3}),
+                         "draw_scene: 3 objects; 1 or 2 are supported", argument_error);
+    CHECK_THROWS_WITH_AS(batch_norm2d_training(Tape<float>().constant(Tensor<float>(Shape{1, 2, 1, 1})), Var<float>(),
+                                               Var<float>(), p, p),
+                         "batch_norm2d (training): input [1, 2, 1, 1] has one value per channel; batch "
+                         "statistics need more",
+                         shape_error);
+    CHECK_THROWS_WITH_AS(models::ResNet<float>({.blocks = {1, 0}, .widths = {4, 8}}),
+                         "ResNet: stage 2 has 0 blocks of width 8; both must be positive", argument_error);
 }

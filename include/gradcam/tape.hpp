@@ -276,10 +276,46 @@ class Tape {
         return gradient(root, Tensor<T>(root.shape(), T(1)), wrt, options);
     }
 
-    // The vector-Jacobian product seed^T * d root / d wrt[i], for each i.
+    // The vector-Jacobian product seed^T * d root / d wrt[i], for each i (zeros for a variable
+    // the root does not depend on).
     std::vector<Tensor<T>> gradient(const Var<T>& root, const Tensor<T>& seed,
                                     const std::vector<Var<T>>& wrt,
                                     const GradientOptions& options = {}) const {
+        std::vector<std::unique_ptr<Tensor<T>>> reached = sweep(root, seed, wrt, options);
+        std::vector<Tensor<T>> result;
+        for (std::size_t i = 0; i < wrt.size(); ++i)
+            result.push_back(reached[i] ? std::move(*reached[i]) : Tensor<T>(wrt[i].shape()));
+        return result;
+    }
+
+    // For training: the gradient of `loss` for every parameter recorded on this tape that the
+    // loss depends on, keyed by the module tensor it refers to (a parameter used twice gets the
+    // sum). Parameters the loss does not reach are left out, so optimizers skip them.
+    std::unordered_map<const Tensor<T>*, Tensor<T>> parameter_gradients(const Var<T>& loss) const {
+        if (loss.shape().numel() != 1)
+            throw shape_error(detail::concat("parameter_gradients: the loss has shape ", loss.shape(),
+                                             "; it must be a scalar"));
+        std::vector<Var<T>> params;
+        for (const auto& n : nodes_)
+            if (n->external_) params.push_back(Var<T>(n));
+        std::vector<std::unique_ptr<Tensor<T>>> grads = sweep(loss, Tensor<T>(loss.shape(), T(1)), params, {});
+        std::unordered_map<const Tensor<T>*, Tensor<T>> by_tensor;
+        for (std::size_t i = 0; i < params.size(); ++i) {
+            if (!grads[i]) continue;
+            const Tensor<T>* key = params[i].node_->external_;
+            auto [it, fresh] = by_tensor.try_emplace(key, std::move(*grads[i]));
+            if (!fresh)
+                for (index_t j = 0; j < it->second.size(); ++j) it->second[j] += (*grads[i])[j];
+        }
+        return by_tensor;
+    }
+
+  private:
+    // The reverse sweep behind gradient(): one result per wrt, null where the root does not
+    // depend on it.
+    std::vector<std::unique_ptr<Tensor<T>>> sweep(const Var<T>& root, const Tensor<T>& seed,
+                                                  const std::vector<Var<T>>& wrt,
+                                                  const GradientOptions& options) const {
         check_same_tape(root, "gradient");
         if (seed.shape() != root.shape())
             throw shape_error(detail::concat("gradient: seed has shape ", seed.shape(),
@@ -292,12 +328,8 @@ class Tape {
                     ") is not differentiable: make it with Tape::variable, or start recording "
                     "at or before it"));
         }
-        std::vector<Tensor<T>> result;
-        if (wrt.empty()) return result;
-        if (!root.differentiable()) {
-            for (const Var<T>& w : wrt) result.emplace_back(w.shape());
-            return result;
-        }
+        std::vector<std::unique_ptr<Tensor<T>>> result(wrt.size());
+        if (wrt.empty() || !root.differentiable()) return result;
 
         // A variable made after the root cannot influence it: it keeps a zero gradient.
         const index_t top = root.node().position_;
@@ -345,31 +377,13 @@ class Tape {
             if (!is_wrt[s]) grads[s].reset();  // consumed: free it as the sweep goes down
         }
 
-        for (const Var<T>& w : wrt) {
-            const bool reached = in_span(w.node()) && grads[slot(w.node())];
-            result.push_back(reached ? *grads[slot(w.node())] : Tensor<T>(w.shape()));
+        for (std::size_t i = 0; i < wrt.size(); ++i) {
+            if (!in_span(wrt[i].node()) || !grads[slot(wrt[i].node())]) continue;
+            result[i] = std::make_unique<Tensor<T>>(*grads[slot(wrt[i].node())]);
         }
         return result;
     }
 
-    // For training: the gradient of `loss` for every parameter recorded on this tape, keyed by
-    // the module tensor it refers to (a parameter used twice gets the sum).
-    std::unordered_map<const Tensor<T>*, Tensor<T>> parameter_gradients(const Var<T>& loss) const {
-        std::vector<Var<T>> params;
-        for (const auto& n : nodes_)
-            if (n->external_) params.push_back(Var<T>(n));
-        std::vector<Tensor<T>> grads = gradient(loss, params);
-        std::unordered_map<const Tensor<T>*, Tensor<T>> by_tensor;
-        for (std::size_t i = 0; i < params.size(); ++i) {
-            const Tensor<T>* key = params[i].node_->external_;
-            auto [it, fresh] = by_tensor.try_emplace(key, std::move(grads[i]));
-            if (!fresh)
-                for (index_t j = 0; j < it->second.size(); ++j) it->second[j] += grads[i][j];
-        }
-        return by_tensor;
-    }
-
-  private:
     std::shared_ptr<Node<T>> make_node(std::string op, Tensor<T> value) {
         auto node = std::make_shared<Node<T>>();
         node->op_ = std::move(op);

@@ -124,6 +124,8 @@ inline Scene draw_scene(std::uint64_t seed, const SceneOptions& options = {}) {
     if (options.size < 16)
         throw argument_error(
             gradcam::detail::concat("draw_scene: size ", options.size, " is below 16 pixels"));
+    if (!(options.texture >= 0 && options.texture <= 4))
+        throw argument_error(gradcam::detail::concat("draw_scene: texture ", options.texture, " is outside [0, 4]"));
     if (options.objects < 1 || options.objects > 2)
         throw argument_error(gradcam::detail::concat("draw_scene: ", options.objects,
                                                      " objects; 1 or 2 are supported"));
@@ -254,27 +256,40 @@ inline Scene draw_scene(std::uint64_t seed, const SceneOptions& options = {}) {
     return scene;
 }
 
-// Scenes seed_begin, seed_begin + 1, ... as a normalised network input [count, 3, size, size]
-// with each scene's first object's class as its label.
+// Scenes seed_begin, seed_begin + 1, ..., drawn in parallel, with their normalised network
+// input [count, 3, size, size].
 template <class T>
-struct LabelledBatch {
-    Tensor<T> images;
-    std::vector<index_t> labels;
+struct SceneBatch {
+    std::vector<Scene> scenes;
+    Tensor<T> input;
+
+    // The class of object `k` (0 or 1) of every scene: the labels for training on single
+    // objects, or one target per image for explaining object k.
+    std::vector<index_t> labels(std::size_t k = 0) const {
+        std::vector<index_t> out;
+        for (const Scene& s : scenes) {
+            if (k >= s.objects.size())
+                throw argument_error(gradcam::detail::concat("SceneBatch::labels: object ", k, " of a scene with ",
+                                                             s.objects.size(), " objects"));
+            out.push_back(s.objects[k].label);
+        }
+        return out;
+    }
 };
 
 template <class T>
-LabelledBatch<T> labelled_batch(
-    std::uint64_t seed_begin, index_t count, const SceneOptions& options = {},
-    const io::Normalisation& normalisation = io::imagenet_normalisation) {
-    std::vector<io::Image> images(static_cast<std::size_t>(count));
-    LabelledBatch<T> batch;
-    batch.labels.resize(images.size());
+SceneBatch<T> scene_batch(std::uint64_t seed_begin, index_t count, const SceneOptions& options = {},
+                          const io::Normalisation& normalisation = io::imagenet_normalisation) {
+    if (count < 1) throw argument_error(gradcam::detail::concat("scene_batch: ", count, " scenes requested"));
+    draw_scene(seed_begin, options);  // refuses bad options here, before any thread starts
+    SceneBatch<T> batch;
+    batch.scenes.resize(static_cast<std::size_t>(count));
     gradcam::detail::parallel_for(count, true, [&](index_t i, int) {
-        Scene scene = draw_scene(seed_begin + static_cast<std::uint64_t>(i), options);
-        batch.labels[static_cast<std::size_t>(i)] = scene.objects.front().label;
-        images[static_cast<std::size_t>(i)] = std::move(scene.image);
+        batch.scenes[static_cast<std::size_t>(i)] = draw_scene(seed_begin + static_cast<std::uint64_t>(i), options);
     });
-    batch.images = io::to_batch<T>(images, normalisation);
+    std::vector<io::Image> images;
+    for (const Scene& s : batch.scenes) images.push_back(s.image);
+    batch.input = io::to_batch<T>(images, normalisation);
     return batch;
 }
 

@@ -52,12 +52,12 @@ void im2col(const T* x, const ConvGeometry& g, T* col) {
                         std::fill_n(out, g.out_w, T(0));
                         continue;
                     }
-                    const T* line = x + c * plane + ih * g.width + offset;
+                    const T* line = x + c * plane + ih * g.width;
                     std::fill_n(out, first, T(0));
                     if (g.stride_w == 1)
-                        std::copy(line + first, line + last, out + first);
+                        std::copy(line + offset + first, line + offset + last, out + first);
                     else
-                        for (index_t ow = first; ow < last; ++ow) out[ow] = line[ow * g.stride_w];
+                        for (index_t ow = first; ow < last; ++ow) out[ow] = line[offset + ow * g.stride_w];
                     std::fill(out + last, out + g.out_w, T(0));
                 }
             }
@@ -78,11 +78,8 @@ void col2im_add(const T* col, const ConvGeometry& g, T* x) {
                     const index_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
                     if (ih < 0 || ih >= g.height) continue;
                     const T* in = row + oh * g.out_w;
-                    T* line = x + c * plane + ih * g.width + offset;
-                    if (g.stride_w == 1)
-                        for (index_t ow = first; ow < last; ++ow) line[ow] += in[ow];
-                    else
-                        for (index_t ow = first; ow < last; ++ow) line[ow * g.stride_w] += in[ow];
+                    T* line = x + c * plane + ih * g.width;
+                    for (index_t ow = first; ow < last; ++ow) line[offset + ow * g.stride_w] += in[ow];
                 }
             }
 }

@@ -3,6 +3,8 @@
 // inside a single large product, Eigen's GEMM uses the threads itself.
 #pragma once
 
+#include <algorithm>
+#include <exception>
 #include <memory>
 #include <vector>
 
@@ -14,31 +16,52 @@
 
 namespace gradcam::detail {
 
-inline int max_threads() {
+// Translation units built with and without OpenMP get differently named copies, so a program
+// mixing them cannot pair one's thread count with the other's loop.
 #ifdef _OPENMP
-    return omp_get_max_threads();
+inline namespace with_openmp {
 #else
-    return 1;
+inline namespace without_openmp {
 #endif
-}
 
 // Below this many values an elementwise or pooling op runs on one thread: the threads would
 // cost more than they save.
 inline constexpr index_t parallel_grain = index_t(1) << 15;
 
-// Calls body(i, thread) for i in [0, count), spread over the threads when `parallel` and
-// there is more than one item; `thread` is in [0, max_threads()).
+// The number of threads parallel_for(count, parallel, ...) runs on.
+inline int parallel_threads(index_t count, bool parallel) {
+#ifdef _OPENMP
+    if (parallel && count > 1 && omp_get_max_threads() > 1 && !omp_in_parallel())
+        return static_cast<int>(std::min<index_t>(count, omp_get_max_threads()));
+#endif
+    (void)count;
+    (void)parallel;
+    return 1;
+}
+
+// Calls body(i, thread) for i in [0, count), spread over parallel_threads(count, parallel)
+// threads; `thread` is below that number. An exception thrown by the body is rethrown here,
+// after the threads have stopped (letting it leave an OpenMP region would end the program).
 template <class Body>
 void parallel_for(index_t count, bool parallel, Body&& body) {
-#ifdef _OPENMP
-    if (parallel && count > 1 && omp_get_max_threads() > 1 && !omp_in_parallel()) {
-#pragma omp parallel for schedule(static)
-        for (index_t i = 0; i < count; ++i) body(i, omp_get_thread_num());
+    const int threads = parallel_threads(count, parallel);
+    if (threads == 1) {
+        for (index_t i = 0; i < count; ++i) body(i, 0);
         return;
     }
+#ifdef _OPENMP
+    std::exception_ptr failure;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (index_t i = 0; i < count; ++i) {
+        try {
+            body(i, omp_get_thread_num());
+        } catch (...) {
+#pragma omp critical(gradcam_parallel_failure)
+            if (!failure) failure = std::current_exception();
+        }
+    }
+    if (failure) std::rethrow_exception(failure);
 #endif
-    (void)parallel;
-    for (index_t i = 0; i < count; ++i) body(i, 0);
 }
 
 // A buffer of at least `count` values for the calling thread, reused across calls, its
@@ -48,10 +71,12 @@ T* thread_scratch(index_t count) {
     thread_local std::unique_ptr<T[]> buffer;
     thread_local index_t capacity = 0;
     if (count > capacity) {
+        buffer.reset();
         buffer.reset(new T[static_cast<std::size_t>(count)]);
         capacity = count;
     }
     return buffer.get();
 }
 
+}  // inline namespace
 }  // namespace gradcam::detail

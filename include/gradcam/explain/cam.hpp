@@ -14,8 +14,8 @@ namespace gradcam {
 
 // `classifier_weight` is the final linear layer's weight [classes, K], K the channels of
 // `feature_layer` (the layer that is globally average-pooled).
-template <class T, class Net>
-requires Network<Net, T> CamResult<T> cam(Net& net, const Tensor<T>& input,
+template <class T, Network<T> Net>
+CamResult<T> cam(Net& net, const Tensor<T>& input,
                                           std::string_view feature_layer,
                                           const Tensor<T>& classifier_weight,
                                           const std::type_identity_t<Target<T>>& target = {}) {

@@ -70,7 +70,10 @@ Box box_from_map(const Tensor<T>& map, double fraction = 0.15) {
                     stack.push_back(q);
                 }
         }
-        if (size > best_size) best_size = size, best = box;
+        if (size > best_size) {
+            best_size = size;
+            best = box;
+        }
         ++regions;
     }
     return best;
@@ -133,6 +136,15 @@ Tensor<T> centre_map(index_t height, index_t width) {
     return map;
 }
 
+// The centre map for each of `count` images, [count, height, width].
+template <class T>
+Tensor<T> centre_maps(index_t count, index_t height, index_t width) {
+    const Tensor<T> one = centre_map<T>(height, width);
+    Tensor<T> maps = Tensor<T>::uninitialized(Shape{count, height, width});
+    for (index_t n = 0; n < count; ++n) std::copy(one.begin(), one.end(), maps.data() + n * one.size());
+    return maps;
+}
+
 // Running totals of the localization metrics over single-object scenes.
 struct LocalizationScores {
     index_t images = 0, localized = 0, pointed = 0;
@@ -182,8 +194,10 @@ struct DiscriminationScores {
     template <class T>
     void add(const Tensor<T>& maps_for_object, const std::vector<shapes::Scene>& scenes,
              std::size_t k) {
-        LocalizationScores::check_batch(maps_for_object, scenes.size(),
-                                        "DiscriminationScores::add");
+        LocalizationScores::check_batch(maps_for_object, scenes.size(), "DiscriminationScores::add");
+        if (k > 1)
+            throw argument_error(gradcam::detail::concat("DiscriminationScores::add: object ", k,
+                                                         " of a two-object scene (0 or 1)"));
         for (std::size_t n = 0; n < scenes.size(); ++n) {
             if (scenes[n].objects.size() != 2)
                 throw argument_error(gradcam::detail::concat("DiscriminationScores::add: scene ", n,

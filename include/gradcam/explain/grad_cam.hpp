@@ -12,8 +12,8 @@
 namespace gradcam {
 
 // Grad-CAM:  alpha_k^c = 1/Z sum_ij dy^c / dA^k_ij,   L^c = ReLU(sum_k alpha_k^c A^k).
-template <class T, class Net>
-requires Network<Net, T> CamResult<T> grad_cam(Net& net, const Tensor<T>& input,
+template <class T, Network<T> Net>
+CamResult<T> grad_cam(Net& net, const Tensor<T>& input,
                                                std::string_view layer,
                                                const std::type_identity_t<Target<T>>& target = {}) {
     LayerGradients<T> g = layer_gradients(net, input, layer, target);
@@ -26,8 +26,8 @@ requires Network<Net, T> CamResult<T> grad_cam(Net& net, const Tensor<T>& input,
 
 // Counterfactual explanation: the regions whose removal would raise the score, from the
 // negated gradients:  alpha_k = 1/Z sum_ij -dy^c / dA^k_ij.
-template <class T, class Net>
-requires Network<Net, T> CamResult<T> counterfactual_grad_cam(
+template <class T, Network<T> Net>
+CamResult<T> counterfactual_grad_cam(
     Net& net, const Tensor<T>& input, std::string_view layer,
     const std::type_identity_t<Target<T>>& target = {}) {
     LayerGradients<T> g = layer_gradients(net, input, layer, target);
@@ -41,8 +41,8 @@ requires Network<Net, T> CamResult<T> counterfactual_grad_cam(
 // Grad-CAM++ with the closed form for an exponential of the score, as commonly implemented:
 //   a_ij = g^2 / (2 g^2 + sum_ab A_ab * g^3),  w_k = sum_ij a_ij * ReLU(g_ij),  map = sum_k w_k
 //   A^k.
-template <class T, class Net>
-requires Network<Net, T> CamResult<T> grad_cam_plus_plus(
+template <class T, Network<T> Net>
+CamResult<T> grad_cam_plus_plus(
     Net& net, const Tensor<T>& input, std::string_view layer,
     const std::type_identity_t<Target<T>>& target = {}) {
     LayerGradients<T> g = layer_gradients(net, input, layer, target);
@@ -64,8 +64,8 @@ requires Network<Net, T> CamResult<T> grad_cam_plus_plus(
 }
 
 // XGrad-CAM:  w_k = sum_ij (A^k_ij / sum_ab A^k_ab) * dy / dA^k_ij,   map = sum_k w_k A^k.
-template <class T, class Net>
-requires Network<Net, T> CamResult<T> xgrad_cam(
+template <class T, Network<T> Net>
+CamResult<T> xgrad_cam(
     Net& net, const Tensor<T>& input, std::string_view layer,
     const std::type_identity_t<Target<T>>& target = {}) {
     LayerGradients<T> g = layer_gradients(net, input, layer, target);
@@ -83,8 +83,8 @@ requires Network<Net, T> CamResult<T> xgrad_cam(
 }
 
 // HiResCAM: each activation weighted by its own gradient,  map = sum_k dy/dA^k ⊙ A^k.
-template <class T, class Net>
-requires Network<Net, T> CamResult<T> hires_cam(
+template <class T, Network<T> Net>
+CamResult<T> hires_cam(
     Net& net, const Tensor<T>& input, std::string_view layer,
     const std::type_identity_t<Target<T>>& target = {}) {
     LayerGradients<T> g = layer_gradients(net, input, layer, target);
@@ -96,8 +96,8 @@ requires Network<Net, T> CamResult<T> hires_cam(
 }
 
 // LayerCAM: as HiResCAM with only positive gradients,  map = sum_k ReLU(dy/dA^k) ⊙ A^k.
-template <class T, class Net>
-requires Network<Net, T> CamResult<T> layer_cam(
+template <class T, Network<T> Net>
+CamResult<T> layer_cam(
     Net& net, const Tensor<T>& input, std::string_view layer,
     const std::type_identity_t<Target<T>>& target = {}) {
     LayerGradients<T> g = layer_gradients(net, input, layer, target);

@@ -48,8 +48,8 @@ void expect_feature_map(const Var<T>& layer_output, std::string_view layer, inde
 
 // One forward that keeps backward state only from `layer` on, and one backward from the
 // target score down to that layer: everything a gradient-weighted CAM needs.
-template <class T, class Net>
-requires Network<Net, T> LayerGradients<T> layer_gradients(Net& net, const Tensor<T>& input,
+template <class T, Network<T> Net>
+LayerGradients<T> layer_gradients(Net& net, const Tensor<T>& input,
                                                            std::string_view layer,
                                                            const Target<T>& target) {
     detail::expect_image_batch(input, "layer_gradients");

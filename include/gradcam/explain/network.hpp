@@ -5,6 +5,7 @@
 
 #include <type_traits>
 
+#include "gradcam/nn/module.hpp"
 #include "gradcam/tape.hpp"
 
 namespace gradcam {
@@ -13,12 +14,19 @@ template <class Net, class T>
 concept Network = std::is_invocable_r_v<Var<T>, Net&, Tape<T>&, const Var<T>&> ||
                   std::is_invocable_r_v<Var<T>, Net&, const Var<T>&>;
 
-template <class T, class Net>
-requires Network<Net, T> Var<T> run_network(Net& net, Tape<T>& tape, const Var<T>& input) {
-    if constexpr (std::is_invocable_r_v<Var<T>, Net&, Tape<T>&, const Var<T>&>)
-        return net(tape, input);
-    else
+// Runs the network for an explanation. A module network runs in inference mode whatever mode
+// it was left in (batch statistics would make the images of a batch interact and would move
+// the running statistics); a callable is responsible for its own modules.
+template <class T, Network<T> Net>
+Var<T> run_network(Net& net, Tape<T>& tape, const Var<T>& input) {
+    if constexpr (std::is_base_of_v<nn::Module<T>, Net>) {
+        nn::TrainingMode<T> inference(net, false);
         return net(input);
+    } else if constexpr (std::is_invocable_r_v<Var<T>, Net&, Tape<T>&, const Var<T>&>) {
+        return net(tape, input);
+    } else {
+        return net(input);
+    }
 }
 
 namespace detail {

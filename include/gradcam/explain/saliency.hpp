@@ -19,8 +19,8 @@ struct SaliencyResult {
     std::vector<index_t> classes;
 };
 
-template <class T, class Net>
-requires Network<Net, T> SaliencyResult<T> input_gradient(
+template <class T, Network<T> Net>
+SaliencyResult<T> input_gradient(
     Net& net, const Tensor<T>& input, const std::type_identity_t<Target<T>>& target,
     ReluRule rule) {
     detail::expect_image_batch(input, "input_gradient");
@@ -36,20 +36,20 @@ requires Network<Net, T> SaliencyResult<T> input_gradient(
     return result;
 }
 
-template <class T, class Net>
-requires Network<Net, T> SaliencyResult<T> vanilla_gradient(
+template <class T, Network<T> Net>
+SaliencyResult<T> vanilla_gradient(
     Net& net, const Tensor<T>& input, const std::type_identity_t<Target<T>>& target = {}) {
     return input_gradient(net, input, target, ReluRule::standard);
 }
 
-template <class T, class Net>
-requires Network<Net, T> SaliencyResult<T> guided_backprop(
+template <class T, Network<T> Net>
+SaliencyResult<T> guided_backprop(
     Net& net, const Tensor<T>& input, const std::type_identity_t<Target<T>>& target = {}) {
     return input_gradient(net, input, target, ReluRule::guided);
 }
 
-template <class T, class Net>
-requires Network<Net, T> SaliencyResult<T> deconvnet(
+template <class T, Network<T> Net>
+SaliencyResult<T> deconvnet(
     Net& net, const Tensor<T>& input, const std::type_identity_t<Target<T>>& target = {}) {
     return input_gradient(net, input, target, ReluRule::deconvnet);
 }
@@ -80,8 +80,8 @@ struct GuidedGradCamResult {
 // One forward, two backward passes over the same tape: the standard rule down to `layer` for
 // Grad-CAM, the guided rule down to the input. The map is their pointwise product, Grad-CAM
 // upsampled to the input and broadcast over the colour channels.
-template <class T, class Net>
-requires Network<Net, T> GuidedGradCamResult<T> guided_grad_cam(
+template <class T, Network<T> Net>
+GuidedGradCamResult<T> guided_grad_cam(
     Net& net, const Tensor<T>& input, std::string_view layer,
     const std::type_identity_t<Target<T>>& target = {}) {
     detail::expect_image_batch(input, "guided_grad_cam");

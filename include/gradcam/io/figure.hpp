@@ -5,6 +5,7 @@
 #include <stb_easy_font.h>
 
 #include <algorithm>
+#include <array>
 #include <string>
 #include <vector>
 
@@ -57,8 +58,10 @@ inline Image grid(const std::vector<Image>& images, int columns, int gap = 8) {
     if (images.empty() || columns < 1)
         throw argument_error("grid: no images, or fewer than one column");
     int cell_w = 0, cell_h = 0;
-    for (const Image& image : images)
-        cell_w = std::max(cell_w, image.width), cell_h = std::max(cell_h, image.height);
+    for (const Image& image : images) {
+        cell_w = std::max(cell_w, image.width);
+        cell_h = std::max(cell_h, image.height);
+    }
     const int count = static_cast<int>(images.size());
     const int rows = (count + columns - 1) / columns, cols = std::min(columns, count);
     Image out(cols * cell_w + (cols + 1) * gap, rows * cell_h + (rows + 1) * gap, 3, 255);

@@ -130,6 +130,11 @@ class ResNet : public nn::Module<T> {
             throw argument_error(detail::concat("ResNet: ", config.blocks.size(),
                                                 " stages of blocks but ", config.widths.size(),
                                                 " widths"));
+        for (std::size_t stage = 0; stage < config.blocks.size(); ++stage)
+            if (config.blocks[stage] < 1 || config.widths[stage] < 1)
+                throw argument_error(detail::concat("ResNet: stage ", stage + 1, " has ",
+                                                    config.blocks[stage], " blocks of width ",
+                                                    config.widths[stage], "; both must be positive"));
         if (config.stem_max_pool)
             maxpool_ = &this->template submodule<nn::MaxPool2d<T>>(
                 "maxpool", Pool2dOptions{.kernel = 3, .stride = 2, .padding = 1});
@@ -171,12 +176,8 @@ class ResNet : public nn::Module<T> {
     // with weight 1, bias 0; the defaults of the layers do the rest.
     void reset_parameters(Random& random) override {
         for (nn::Module<T>* m : this->modules())
-            if (auto* conv = dynamic_cast<nn::Conv2d<T>*>(m)) {
-                Tensor<T>& w = conv->weight();
-                const double fan_out = static_cast<double>(w.dim(0) * w.dim(2) * w.dim(3));
-                const double stddev = std::sqrt(2.0 / fan_out);
-                for (T& v : w) v = static_cast<T>(random.normal(0, stddev));
-            }
+            if (auto* conv = dynamic_cast<nn::Conv2d<T>*>(m))
+                detail::kaiming_normal_fan_out(conv->weight(), random);
     }
 
   private:

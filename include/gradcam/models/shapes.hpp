@@ -1,6 +1,6 @@
 // The two networks of the shapes world (data/shapes.hpp), small enough to train in minutes on
-// two cores: a VGG-style network without batch norm, and a ResNet-style network with batch
-// norm, residual additions and global average pooling + linear (so CAM applies).
+// two cores: a VGG-style network with batch norm, and a ResNet-style network with batch norm
+// and residual additions; both end in global average pooling + linear, so CAM applies.
 #pragma once
 
 #include "gradcam/data/shapes.hpp"

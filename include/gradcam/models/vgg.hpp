@@ -74,10 +74,7 @@ class Vgg : public nn::Module<T> {
     void reset_parameters(Random& random) override {
         for (nn::Module<T>* m : this->modules()) {
             if (auto* conv = dynamic_cast<nn::Conv2d<T>*>(m)) {
-                Tensor<T>& w = conv->weight();
-                const double stddev =
-                    std::sqrt(2.0 / static_cast<double>(w.dim(0) * w.dim(2) * w.dim(3)));
-                for (T& v : w) v = static_cast<T>(random.normal(0, stddev));
+                detail::kaiming_normal_fan_out(conv->weight(), random);
                 if (conv->bias()) conv->bias()->fill(T(0));
             } else if (auto* fc = dynamic_cast<nn::Linear<T>*>(m)) {
                 for (T& v : fc->weight()) v = static_cast<T>(random.normal(0, 0.01));

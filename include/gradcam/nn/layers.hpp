@@ -3,6 +3,9 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
+#include <optional>
+#include <string_view>
 
 #include "gradcam/nn/module.hpp"
 #include "gradcam/ops/batch_norm.hpp"
@@ -20,6 +23,20 @@ namespace gradcam::detail {
 template <class T>
 void fill_uniform(Tensor<T>& t, double bound, Random& random) {
     for (T& v : t) v = static_cast<T>(random.uniform(-bound, bound));
+}
+
+// A 64-bit FNV-1a hash: a seed from a name that is the same on every platform.
+inline std::uint64_t fnv1a(std::string_view text) {
+    std::uint64_t hash = 0xcbf29ce484222325ull;
+    for (char c : text) hash = (hash ^ static_cast<unsigned char>(c)) * 0x100000001b3ull;
+    return hash;
+}
+
+// torchvision's initialisation of convolutions: kaiming_normal(mode=fan_out, relu).
+template <class T>
+void kaiming_normal_fan_out(Tensor<T>& weight, Random& random) {
+    const double fan_out = static_cast<double>(weight.dim(0) * weight.dim(2) * weight.dim(3));
+    for (T& v : weight) v = static_cast<T>(random.normal(0, std::sqrt(2.0 / fan_out)));
 }
 
 }  // namespace gradcam::detail
@@ -115,9 +132,10 @@ class BatchNorm2d : public Module<T> {
         const Var<T> gamma = this->use(x, weight_), beta = this->use(x, bias_);
         if (!this->training())
             return batch_norm2d(x, gamma, beta, running_mean_, running_var_, static_cast<T>(eps_));
-        batches_tracked_[0] += T(1);
-        return batch_norm2d_training(x, gamma, beta, running_mean_, running_var_,
-                                     static_cast<T>(momentum_), static_cast<T>(eps_));
+        Var<T> y = batch_norm2d_training(x, gamma, beta, running_mean_, running_var_,
+                                         static_cast<T>(momentum_), static_cast<T>(eps_));
+        batches_tracked_[0] += T(1);  // after the op, which may refuse the input
+        return y;
     }
     void reset_parameters(Random&) override {
         weight_.fill(T(1));
@@ -184,12 +202,13 @@ class Flatten : public Module<T> {
     Var<T> forward(const Var<T>& x) override { return flatten(x); }
 };
 
-// The identity at inference; in training, zeroes values with probability p (seeded, so a
-// training run repeats exactly).
+// The identity at inference; in training, zeroes values with probability p. The masks are
+// seeded: by initialise(), else by the layer's path, so two dropout layers never share masks
+// and a training run repeats exactly (for one thread count).
 template <class T>
 class Dropout : public Module<T> {
   public:
-    explicit Dropout(double p = 0.5, std::uint64_t seed = 0) : p_(p), random_(seed) {
+    explicit Dropout(double p = 0.5) : p_(p) {
         if (p < 0 || p >= 1)
             throw argument_error(detail::concat("Dropout: p = ", p, " is outside [0, 1)"));
     }
@@ -197,13 +216,15 @@ class Dropout : public Module<T> {
 
   protected:
     Var<T> forward(const Var<T>& x) override {
-        return this->training() ? dropout(x, p_, random_) : dropout(x);
+        if (!this->training()) return dropout(x);
+        if (!random_) random_.emplace(detail::fnv1a(this->path()));
+        return dropout(x, p_, *random_);
     }
-    void reset_parameters(Random& random) override { random_ = Random(random.next()); }
+    void reset_parameters(Random& random) override { random_.emplace(random.next()); }
 
   private:
     double p_;
-    Random random_;
+    std::optional<Random> random_;
 };
 
 template <class T>

@@ -90,9 +90,12 @@ class Module {
         for (auto it = all.rbegin(); it != all.rend(); ++it) (*it)->reset_parameters(random);
     }
 
+    // Training mode (batch statistics in batch norm, dropout) for this module and all below it.
     void set_training(bool on) {
         for (Module* m : modules()) m->training_ = on;
     }
+    // Training mode for this module only.
+    void set_training_alone(bool on) { training_ = on; }
     bool training() const { return training_; }
 
   protected:
@@ -172,6 +175,25 @@ class Module {
     std::vector<Entry> tensors_;
     std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
     bool training_ = false;
+};
+
+// Sets a network's training mode for a scope, then gives every module back the mode it had
+// (so a network with frozen batch norms keeps them frozen).
+template <class T>
+class TrainingMode {
+  public:
+    TrainingMode(Module<T>& net, bool on) {
+        for (Module<T>* m : net.modules()) saved_.emplace_back(m, m->training());
+        net.set_training(on);
+    }
+    ~TrainingMode() {
+        for (auto& [module, was] : saved_) module->set_training_alone(was);
+    }
+    TrainingMode(const TrainingMode&) = delete;
+    TrainingMode& operator=(const TrainingMode&) = delete;
+
+  private:
+    std::vector<std::pair<Module<T>*, bool>> saved_;
 };
 
 }  // namespace gradcam::nn

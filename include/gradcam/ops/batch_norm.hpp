@@ -45,13 +45,14 @@ Var<T> normalise_channels(const Var<T>& x, const Var<T>& gamma, const Var<T>& be
     for (std::size_t c = 0; c < a.size(); ++c) {
         const index_t k = static_cast<index_t>(c);
         a[c] = (gamma ? gamma.value()[k] : T(1)) * inv_std[c];
-        b[c] = (beta ? beta.value()[k] : T(0)) - mean[c] * a[c];
+        b[c] = beta ? beta.value()[k] : T(0);
     }
     Tensor<T> y = Tensor<T>::uninitialized(x.shape());
     parallel_for(batch * channels, y.size() >= parallel_grain, [&](index_t item, int) {
         const index_t offset = item * plane;
         const std::size_t k = static_cast<std::size_t>(item % channels);
-        array(y.data() + offset, plane) = array(x.value().data() + offset, plane) * a[k] + b[k];
+        // (x - mean) * a + beta, not x * a + (beta - mean * a): exact when |mean| >> std.
+        array(y.data() + offset, plane) = (array(x.value().data() + offset, plane) - mean[k]) * a[k] + b[k];
     });
 
     auto backward = [a, mean = std::move(mean), inv_std = std::move(inv_std), batch, channels,

@@ -108,11 +108,11 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
         const bool want_b = self.input_count() > 2 && sink.wants(2);
         T* dx = want_x ? sink.of(0).data() : nullptr;
         // The weight gradient sums over images: each thread sums into its own copy.
-        const bool parallel = batch > 1 && detail::max_threads() > 1;
+        const bool parallel = batch > 1;
         const index_t weight_size = wv.size();
         std::vector<Tensor<T>> dw_partial;
         if (want_w)
-            for (int t = 0; t < (parallel ? detail::max_threads() : 1); ++t)
+            for (int t = 0; t < detail::parallel_threads(batch * groups, parallel); ++t)
                 dw_partial.emplace_back(Shape{weight_size});
         detail::parallel_for(batch * groups, parallel, [&](index_t item, int thread) {
             const index_t gi = item % groups;

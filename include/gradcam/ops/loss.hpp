@@ -3,6 +3,7 @@
 // for numerical stability.
 #pragma once
 
+#include <cmath>
 #include <vector>
 
 #include "gradcam/ops/softmax.hpp"

@@ -3,8 +3,10 @@
 // in inference mode, and the progress line a training program prints.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -22,6 +24,9 @@ struct StepResult {
 // Images whose highest-scoring class is their label.
 template <class T>
 index_t count_correct(const Tensor<T>& logits, const std::vector<index_t>& labels) {
+    if (logits.rank() != 2 || logits.dim(0) != static_cast<index_t>(labels.size()))
+        throw shape_error(gradcam::detail::concat("count_correct: ", labels.size(), " labels for logits ",
+                                                  logits.shape(), "; expected [", labels.size(), ", classes]"));
     const index_t classes = logits.dim(1);
     index_t correct = 0;
     for (index_t n = 0; n < logits.dim(0); ++n) {
@@ -32,25 +37,14 @@ index_t count_correct(const Tensor<T>& logits, const std::vector<index_t>& label
     return correct;
 }
 
-// Sets a network's training mode for a scope, then restores what it was.
-template <class T>
-class TrainingMode {
-  public:
-    TrainingMode(nn::Module<T>& net, bool on) : net_(net), was_(net.training()) {
-        net_.set_training(on);
-    }
-    ~TrainingMode() { net_.set_training(was_); }
-    TrainingMode(const TrainingMode&) = delete;
-    TrainingMode& operator=(const TrainingMode&) = delete;
-
-  private:
-    nn::Module<T>& net_;
-    bool was_;
-};
+using nn::TrainingMode;
 
 template <class T, class Optimizer>
 StepResult train_step(nn::Module<T>& net, Optimizer& optimizer, const Tensor<T>& images,
                       const std::vector<index_t>& labels) {
+        if (images.rank() < 1 || images.dim(0) != static_cast<index_t>(labels.size()))
+        throw shape_error(gradcam::detail::concat("train_step: ", labels.size(), " labels for images ",
+                                                  images.shape()));
     TrainingMode<T> training(net, true);
     Tape<T> tape;
     tape.set_parameters_differentiable(true);
@@ -68,6 +62,8 @@ double accuracy(nn::Module<T>& net, const Tensor<T>& images, const std::vector<i
     if (images.rank() < 1 || images.dim(0) != static_cast<index_t>(labels.size()) || labels.empty())
         throw shape_error(gradcam::detail::concat("accuracy: ", labels.size(),
                                                   " labels for images ", images.shape()));
+    if (batch < 1)
+        throw argument_error(gradcam::detail::concat("accuracy: batch size ", batch, " is not positive"));
     TrainingMode<T> inference(net, false);
     const index_t total = images.dim(0), per_image = images.size() / total;
     index_t correct = 0;

@@ -46,8 +46,15 @@ struct SgdOptions {
 template <class T>
 class Sgd {
   public:
-    Sgd(std::vector<std::pair<std::string, Tensor<T>*>> parameters, SgdOptions options)
-        : parameters_(std::move(parameters)), options_(options), velocity_(parameters_.size()) {}
+        Sgd(std::vector<std::pair<std::string, Tensor<T>*>> parameters, SgdOptions options)
+        : parameters_(std::move(parameters)), options_(options), velocity_(parameters_.size()) {
+        if (!(options.learning_rate >= 0) || !(options.momentum >= 0) || !(options.weight_decay >= 0))
+            throw argument_error(gradcam::detail::concat("Sgd: learning rate ", options.learning_rate, ", momentum ",
+                                                         options.momentum, " and weight decay ", options.weight_decay,
+                                                         " must not be negative"));
+        if (options.nesterov && options.momentum == 0)
+            throw argument_error("Sgd: Nesterov momentum needs a momentum above 0");
+    }
 
     void step(const ParameterGradients<T>& grads) {
         for (std::size_t i = 0; i < parameters_.size(); ++i) {
@@ -55,8 +62,8 @@ class Sgd {
             const Tensor<T>* grad = detail::gradient_of(grads, p, name);
             if (!grad) continue;
             Tensor<T>& b = velocity_[i];
-            const bool first = b.empty();
-            if (first) b = Tensor<T>(p->shape());
+                        const bool first = b.empty();
+            if (first && options_.momentum != 0) b = Tensor<T>(p->shape());
             for (index_t k = 0; k < p->size(); ++k) {
                 double g = (*grad)[k] + options_.weight_decay * (*p)[k];
                 if (options_.momentum != 0) {
@@ -89,8 +96,15 @@ struct AdamOptions {
 template <class T>
 class Adam {
   public:
-    Adam(std::vector<std::pair<std::string, Tensor<T>*>> parameters, AdamOptions options)
-        : parameters_(std::move(parameters)), options_(options), state_(parameters_.size()) {}
+        Adam(std::vector<std::pair<std::string, Tensor<T>*>> parameters, AdamOptions options)
+        : parameters_(std::move(parameters)), options_(options), state_(parameters_.size()) {
+        if (!(options.learning_rate >= 0) || !(options.eps >= 0) || !(options.weight_decay >= 0) ||
+            !(options.beta1 >= 0 && options.beta1 < 1) || !(options.beta2 >= 0 && options.beta2 < 1))
+            throw argument_error(gradcam::detail::concat("Adam: learning rate ", options.learning_rate, ", eps ",
+                                                         options.eps, " and weight decay ", options.weight_decay,
+                                                         " must not be negative, betas (", options.beta1, ", ",
+                                                         options.beta2, ") must lie in [0, 1)"));
+    }
 
     void step(const ParameterGradients<T>& grads) {
         for (std::size_t i = 0; i < parameters_.size(); ++i) {
@@ -98,7 +112,10 @@ class Adam {
             const Tensor<T>* grad = detail::gradient_of(grads, p, name);
             if (!grad) continue;
             State& s = state_[i];
-            if (s.steps == 0) s.m = Tensor<T>(p->shape()), s.v = Tensor<T>(p->shape());
+            if (s.steps == 0) {
+                s.m = Tensor<T>(p->shape());
+                s.v = Tensor<T>(p->shape());
+            }
             ++s.steps;
             const double correction1 = 1 - std::pow(options_.beta1, s.steps);
             const double correction2 = 1 - std::pow(options_.beta2, s.steps);
