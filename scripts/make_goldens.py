@@ -50,6 +50,7 @@ NET_SEEDS = {
 
 _DTYPES = {
     torch.float32: ("F32", "<f4"),
+    torch.float16: ("F16", "<f2"),
     torch.int64: ("I64", "<i8"),
 }
 
@@ -104,7 +105,7 @@ def read_safetensors(path):
         begin, end = info["data_offsets"]
         assert begin == expected, (path, key)
         expected = end
-        np_dtype = {"F32": "<f4", "I64": "<i8"}[info["dtype"]]
+        np_dtype = {"F32": "<f4", "F16": "<f2", "I64": "<i8"}[info["dtype"]]
         arr = np.frombuffer(data[begin:end], dtype=np_dtype).reshape(info["shape"])
         out[key] = torch.from_numpy(arr.copy())
     assert expected == len(data), path
@@ -797,16 +798,66 @@ class VggBnSmall(nn.Module):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
+class CifarBlock(nn.Module):
+    """A CIFAR ResNet block with the parameter-free "option A" shortcut."""
+
+    def __init__(self, inplanes, planes, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.pad = (planes - inplanes) // 2 if stride != 1 or inplanes != planes else None
+        self.stride = stride
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.pad is None:
+            shortcut = x
+        else:
+            shortcut = F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, self.pad, self.pad))
+        return F.relu(out + shortcut)
+
+
+class CifarResNet20(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        layers, inplanes = [], 16
+        for stage, planes in enumerate((16, 32, 64)):
+            blocks = []
+            for b in range(3):
+                blocks.append(CifarBlock(inplanes, planes, 2 if stage > 0 and b == 0 else 1))
+                inplanes = planes
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = layers
+        self.linear = nn.Linear(64, 10)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        return self.linear(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
+
+
 def make_builders():
     tensors, meta = {}, {}
-    for name, cls, layer in [("bottleneck", BottleneckSmall, "layer2"), ("vgg_bn", VggBnSmall, "features.9")]:
+    for name, cls, layer, size in [("bottleneck", BottleneckSmall, "layer2", 24),
+                                   ("vgg_bn", VggBnSmall, "features.9", 24),
+                                   ("cifar_resnet20", CifarResNet20, "layer3", 32)]:
         torch.manual_seed(OPS_SEED + zlib.crc32(name.encode()))
         model = cls()
         randomise_batchnorms(model)
         model.eval()
+        half = name == "cifar_resnet20"  # 0.27M weights: stored as F16 (exact in float) to stay small
+        with torch.no_grad():
+            for p in model.parameters():
+                if half:
+                    p.copy_(p.half().float())
         for key, t in state_dict_tensors(model).items():
-            tensors[f"{name}.weights.{key}"] = t
-        x = torch.randn(2, 3, 24, 24, generator=torch.Generator().manual_seed(OPS_SEED + 7))
+            tensors[f"{name}.weights.{key}"] = t.half() if half and t.is_floating_point() else t
+        x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(OPS_SEED + 7))
         captured = {}
         module = dict(model.named_modules())[layer]
         hook = module.register_forward_hook(lambda mod, inp, out: captured.__setitem__("A", out))

@@ -5,6 +5,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <gradcam/models/cifar_resnet.hpp>
+
 #include "small_nets.hpp"
 
 using namespace gradcam;
@@ -238,7 +240,7 @@ TEST_CASE("explain: errors name what is wrong") {
         unsupported_error);
 }
 
-TEST_CASE("explain: the model builders match PyTorch for Bottleneck blocks and VGG with batch norm") {
+TEST_CASE("explain: the model builders match PyTorch: Bottleneck blocks, VGG with batch norm, CIFAR ResNet-20") {
     const io::SafetensorsFile golden(data_file("builders.safetensors"));
     auto check = [&](nn::Module<float>& net, const std::string& name) {
         INFO(name);
@@ -269,6 +271,8 @@ TEST_CASE("explain: the model builders match PyTorch for Bottleneck blocks and V
                                .classes = 10});
     CHECK(vgg_bn.last_conv_layer() == "features.9");
     check(vgg_bn, "vgg_bn");
+    models::CifarResNet<float> cifar(20);  // option-A shortcuts; weights stored as F16
+    check(cifar, "cifar_resnet20");
 }
 
 TEST_CASE("explain: a module network left in training mode is explained in inference mode, untouched") {

@@ -306,6 +306,16 @@ TEST_CASE("gradient: reshape, flatten, concat") {
     }
 }
 
+TEST_CASE("gradient: subsample_pad_channels (the option-A shortcut)") {
+    Random random(31);
+    check_gradients(
+        "subsample_pad_channels stride 2", {random_normal({2, 3, 5, 6}, random)},
+        [](const auto& v) { return subsample_pad_channels(v[0], 2, 2); }, random);
+    check_gradients(
+        "subsample_pad_channels stride 1", {random_normal({1, 2, 3, 3}, random)},
+        [](const auto& v) { return subsample_pad_channels(v[0], 1, 1); }, random);
+}
+
 TEST_CASE("gradient: sum, mean, select, pick") {
     Random random(909);
     const Tensor<double> x = random_normal({2, 3, 4, 5}, random);

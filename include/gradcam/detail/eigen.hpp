@@ -42,6 +42,21 @@ template <class T>
 ConstMatrixMap<T> matrix(const T* data, index_t rows, index_t cols) {
     return ConstMatrixMap<T>(data, rows, cols);
 }
+// A rows x cols row-major block whose rows start `stride` values apart (a range of columns of
+// a wider matrix).
+template <class T>
+using StridedMatrixMap = Eigen::Map<RowMajorMatrix<T>, 0, Eigen::OuterStride<>>;
+template <class T>
+using ConstStridedMatrixMap = Eigen::Map<const RowMajorMatrix<T>, 0, Eigen::OuterStride<>>;
+template <class T>
+StridedMatrixMap<T> matrix(T* data, index_t rows, index_t cols, index_t stride) {
+    return StridedMatrixMap<T>(data, rows, cols, Eigen::OuterStride<>(stride));
+}
+template <class T>
+ConstStridedMatrixMap<T> matrix(const T* data, index_t rows, index_t cols, index_t stride) {
+    return ConstStridedMatrixMap<T>(data, rows, cols, Eigen::OuterStride<>(stride));
+}
+
 template <class T>
 ArrayMap<T> array(T* data, index_t size) {
     return ArrayMap<T>(data, size);

@@ -33,20 +33,28 @@ inline void valid_columns(index_t offset, index_t stride, index_t width, index_t
     first = std::min(first, last);
 }
 
-// col[(c*kh + i)*kw + j][oh*out_w + ow] = x[c][oh*sh - ph + i*dh][ow*sw - pw + j*dw], or 0 in
-// the padding. `x` holds g.channels planes; `col` has g.rows() x g.cols() entries.
+// Output rows per tile, so that a tile's im2col buffer holds about 2^21 values (8 MB of float)
+// whatever the image size: the lowering's memory stays small and cache-friendly.
+inline index_t tile_rows(const ConvGeometry& g) {
+    const index_t per_row = std::max<index_t>(g.rows() * g.out_w, 1);
+    return std::clamp<index_t>((index_t(1) << 21) / per_row, 1, std::max<index_t>(g.out_h, 1));
+}
+
+// For the output rows [oh0, oh1):
+// col[(c*kh + i)*kw + j][(oh - oh0)*out_w + ow] = x[c][oh*sh - ph + i*dh][ow*sw - pw + j*dw], or
+// 0 in the padding. `x` holds g.channels planes; `col` has g.rows() x (oh1 - oh0) * out_w values.
 template <class T>
-void im2col(const T* x, const ConvGeometry& g, T* col) {
-    const index_t plane = g.height * g.width;
+void im2col(const T* x, const ConvGeometry& g, T* col, index_t oh0, index_t oh1) {
+    const index_t plane = g.height * g.width, tile_cols = (oh1 - oh0) * g.out_w;
     for (index_t c = 0; c < g.channels; ++c)
         for (index_t i = 0; i < g.kernel_h; ++i)
             for (index_t j = 0; j < g.kernel_w; ++j) {
-                T* row = col + ((c * g.kernel_h + i) * g.kernel_w + j) * g.cols();
+                T* row = col + ((c * g.kernel_h + i) * g.kernel_w + j) * tile_cols;
                 const index_t offset = j * g.dilation_w - g.pad_w;
                 index_t first, last;
                 valid_columns(offset, g.stride_w, g.width, g.out_w, first, last);
-                for (index_t oh = 0; oh < g.out_h; ++oh) {
-                    T* out = row + oh * g.out_w;
+                for (index_t oh = oh0; oh < oh1; ++oh) {
+                    T* out = row + (oh - oh0) * g.out_w;
                     const index_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
                     if (ih < 0 || ih >= g.height) {
                         std::fill_n(out, g.out_w, T(0));
@@ -63,21 +71,22 @@ void im2col(const T* x, const ConvGeometry& g, T* col) {
             }
 }
 
-// The adjoint of im2col: x[c][ih][iw] += every col entry that im2col read from there.
+// The adjoint of im2col for the output rows [oh0, oh1): x[c][ih][iw] += every col entry that
+// im2col read from there.
 template <class T>
-void col2im_add(const T* col, const ConvGeometry& g, T* x) {
-    const index_t plane = g.height * g.width;
+void col2im_add(const T* col, const ConvGeometry& g, T* x, index_t oh0, index_t oh1) {
+    const index_t plane = g.height * g.width, tile_cols = (oh1 - oh0) * g.out_w;
     for (index_t c = 0; c < g.channels; ++c)
         for (index_t i = 0; i < g.kernel_h; ++i)
             for (index_t j = 0; j < g.kernel_w; ++j) {
-                const T* row = col + ((c * g.kernel_h + i) * g.kernel_w + j) * g.cols();
+                const T* row = col + ((c * g.kernel_h + i) * g.kernel_w + j) * tile_cols;
                 const index_t offset = j * g.dilation_w - g.pad_w;
                 index_t first, last;
                 valid_columns(offset, g.stride_w, g.width, g.out_w, first, last);
-                for (index_t oh = 0; oh < g.out_h; ++oh) {
+                for (index_t oh = oh0; oh < oh1; ++oh) {
                     const index_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
                     if (ih < 0 || ih >= g.height) continue;
-                    const T* in = row + oh * g.out_w;
+                    const T* in = row + (oh - oh0) * g.out_w;
                     T* line = x + c * plane + ih * g.width;
                     for (index_t ow = first; ow < last; ++ow) line[offset + ow * g.stride_w] += in[ow];
                 }

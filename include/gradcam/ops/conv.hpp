@@ -65,7 +65,7 @@ inline ConvGeometry conv_geometry(const Shape& x, const Shape& w, const Shape* b
 }  // namespace detail
 
 // forward:  y[n, o] = b[o] + sum_{c in group(o), i, j} w[o, c, i, j] * x[n, c, oh*s + i*d - p, ...]
-//           computed per image n and group g as Y_g = W_g * im2col(X_g).
+//           computed per image n and group g as Y_g = W_g * im2col(X_g), by tiles of output rows.
 // backward: dW_g += dY_g * im2col(X_g)^T,  dX_g += col2im(W_g^T * dY_g),  db[o] += sum dY[., o].
 template <class T>
 Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
@@ -81,25 +81,31 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
     Tensor<T> y = Tensor<T>::uninitialized(Shape{batch, out_channels, g.out_h, g.out_w});
     const T* xs = x.value().data();
     const T* ws = weight.value().data();
+    const index_t rows_per_tile = detail::tile_rows(g);
     // Images in parallel when there are several; a single image's GEMM is threaded by Eigen.
+    // Each image is lowered a tile of output rows at a time, so the buffer stays small.
     detail::parallel_for(batch * groups, batch > 1, [&](index_t item, int) {
         const index_t gi = item % groups;
         const T* x_group = xs + item * in_plane;
-        const T* lowered = x_group;
-        if (!g.is_pointwise()) {
-            T* col = detail::thread_scratch<T>(g.rows() * g.cols());
-            detail::im2col(x_group, g, col);
-            lowered = col;
+        const auto w_g = detail::matrix(ws + gi * group_out * g.rows(), group_out, g.rows());
+        T* y_group = y.data() + item * out_plane;
+        if (g.is_pointwise()) {
+            detail::matrix(y_group, group_out, g.cols()).noalias() = w_g * detail::matrix(x_group, g.rows(), g.cols());
+        } else {
+            T* col = detail::thread_scratch<T>(g.rows() * rows_per_tile * g.out_w);
+            for (index_t oh0 = 0; oh0 < g.out_h; oh0 += rows_per_tile) {
+                const index_t oh1 = std::min(g.out_h, oh0 + rows_per_tile), cols = (oh1 - oh0) * g.out_w;
+                detail::im2col(x_group, g, col, oh0, oh1);
+                detail::matrix(y_group + oh0 * g.out_w, group_out, cols, g.cols()).noalias() =
+                    w_g * detail::matrix(col, g.rows(), cols);
+            }
         }
-        auto out = detail::matrix(y.data() + item * out_plane, group_out, g.cols());
-        out.noalias() = detail::matrix(ws + gi * group_out * g.rows(), group_out, g.rows()) *
-                        detail::matrix(lowered, g.rows(), g.cols());
         if (bias)
-            out.colwise() +=
+            detail::matrix(y_group, group_out, g.cols()).colwise() +=
                 detail::ConstVectorMap<T>(bias.value().data() + gi * group_out, group_out);
     });
 
-    auto backward = [g, groups, group_out, in_plane, out_plane](
+    auto backward = [g, groups, group_out, in_plane, out_plane, rows_per_tile](
                         const Node<T>& self, const Tensor<T>& dy, GradientSink<T>& sink) {
         const Tensor<T>& xv = self.input(0).value();
         const Tensor<T>& wv = self.input(1).value();
@@ -116,29 +122,32 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
                 dw_partial.emplace_back(Shape{weight_size});
         detail::parallel_for(batch * groups, parallel, [&](index_t item, int thread) {
             const index_t gi = item % groups;
-            auto dy_g = detail::matrix(dy.data() + item * out_plane, group_out, g.cols());
-            auto w_g = detail::matrix(wv.data() + gi * group_out * g.rows(), group_out, g.rows());
-            T* col = g.is_pointwise() ? nullptr : detail::thread_scratch<T>(g.rows() * g.cols());
-            if (want_x) {
-                T* dx_group = dx + item * in_plane;
-                if (g.is_pointwise()) {
-                    detail::matrix(dx_group, g.rows(), g.cols()).noalias() +=
-                        w_g.transpose() * dy_g;
-                } else {
-                    detail::matrix(col, g.rows(), g.cols()).noalias() = w_g.transpose() * dy_g;
-                    detail::col2im_add(col, g, dx_group);
-                }
+            const T* dy_group = dy.data() + item * out_plane;
+            const auto w_g = detail::matrix(wv.data() + gi * group_out * g.rows(), group_out, g.rows());
+            const T* x_group = xv.data() + item * in_plane;
+            auto dw_g = want_w ? detail::matrix(dw_partial[static_cast<std::size_t>(thread)].data() +
+                                                    gi * group_out * g.rows(),
+                                                group_out, g.rows())
+                               : detail::matrix(static_cast<T*>(nullptr), 0, 0);
+            if (g.is_pointwise()) {
+                const auto dy_g = detail::matrix(dy_group, group_out, g.cols());
+                if (want_x)
+                    detail::matrix(dx + item * in_plane, g.rows(), g.cols()).noalias() += w_g.transpose() * dy_g;
+                if (want_w) dw_g.noalias() += dy_g * detail::matrix(x_group, g.rows(), g.cols()).transpose();
+                return;
             }
-            if (want_w) {
-                const T* lowered = xv.data() + item * in_plane;
-                if (!g.is_pointwise()) {
-                    detail::im2col(lowered, g, col);
-                    lowered = col;
+            T* col = detail::thread_scratch<T>(g.rows() * rows_per_tile * g.out_w);
+            for (index_t oh0 = 0; oh0 < g.out_h; oh0 += rows_per_tile) {
+                const index_t oh1 = std::min(g.out_h, oh0 + rows_per_tile), cols = (oh1 - oh0) * g.out_w;
+                const auto dy_tile = detail::matrix(dy_group + oh0 * g.out_w, group_out, cols, g.cols());
+                if (want_x) {
+                    detail::matrix(col, g.rows(), cols).noalias() = w_g.transpose() * dy_tile;
+                    detail::col2im_add(col, g, dx + item * in_plane, oh0, oh1);
                 }
-                detail::matrix(
-                    dw_partial[static_cast<std::size_t>(thread)].data() + gi * group_out * g.rows(),
-                    group_out, g.rows())
-                    .noalias() += dy_g * detail::matrix(lowered, g.rows(), g.cols()).transpose();
+                if (want_w) {
+                    detail::im2col(x_group, g, col, oh0, oh1);
+                    dw_g.noalias() += dy_tile * detail::matrix(col, g.rows(), cols).transpose();
+                }
             }
         });
         if (want_w) {
@@ -148,9 +157,7 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
         if (want_b)
             for (index_t item = 0; item < batch * groups; ++item)
                 detail::VectorMap<T>(sink.of(2).data() + (item % groups) * group_out, group_out) +=
-                    detail::matrix(dy.data() + item * out_plane, group_out, g.cols())
-                        .rowwise()
-                        .sum();
+                    detail::matrix(dy.data() + item * out_plane, group_out, g.cols()).rowwise().sum();
     };
     if (bias)
         return x.tape().record("conv2d", std::move(y), {x, weight, bias}, std::move(backward));

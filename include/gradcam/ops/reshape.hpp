@@ -81,4 +81,37 @@ Var<T> concat(const std::vector<Var<T>>& parts, index_t axis = 1) {
     return parts[0].tape().record("concat", std::move(y), parts, std::move(backward));
 }
 
+// The parameter-free shortcut of CIFAR ResNets ("option A", He et al. 2016, Sec. 4.2): keep
+// every `stride`-th row and column and add `pad` zero channels on each side.
+// forward:  y[n, c + pad, h, w] = x[n, c, h * stride, w * stride], zero in the added channels.
+// backward: dx[n, c, h * stride, w * stride] += dy[n, c + pad, h, w].
+template <class T>
+Var<T> subsample_pad_channels(const Var<T>& x, index_t stride, index_t pad) {
+    detail::expect_rank(x.shape(), 4, "subsample_pad_channels input", "N, C, H, W");
+    if (stride < 1 || pad < 0)
+        throw argument_error(detail::concat("subsample_pad_channels: stride ", stride, " must be positive and pad ",
+                                            pad, " non-negative"));
+    const index_t batch = x.shape()[0], channels = x.shape()[1], height = x.shape()[2], width = x.shape()[3];
+    const index_t out_h = (height + stride - 1) / stride, out_w = (width + stride - 1) / stride;
+    const index_t out_channels = channels + 2 * pad;
+    Tensor<T> y(Shape{batch, out_channels, out_h, out_w});
+    for (index_t n = 0; n < batch; ++n)
+        for (index_t c = 0; c < channels; ++c)
+            for (index_t h = 0; h < out_h; ++h)
+                for (index_t w = 0; w < out_w; ++w)
+                    y(n, c + pad, h, w) = x.value()[((n * channels + c) * height + h * stride) * width + w * stride];
+    return x.tape().record(
+        "subsample_pad_channels", std::move(y), {x},
+        [=](const Node<T>&, const Tensor<T>& dy, GradientSink<T>& sink) {
+            if (!sink.wants(0)) return;
+            T* dx = sink.of(0).data();
+            for (index_t n = 0; n < batch; ++n)
+                for (index_t c = 0; c < channels; ++c)
+                    for (index_t h = 0; h < out_h; ++h)
+                        for (index_t w = 0; w < out_w; ++w)
+                            dx[((n * channels + c) * height + h * stride) * width + w * stride] +=
+                                dy[((n * out_channels + c + pad) * out_h + h) * out_w + w];
+        });
+}
+
 }  // namespace gradcam

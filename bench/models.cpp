@@ -1,0 +1,148 @@
+// Explanation cost on real-size networks: VGG-16, ResNet-18 and ResNet-50 at 224x224, batch 1
+// and 8, for a forward pass, Grad-CAM, CAM and Guided Grad-CAM. Reports time and GFLOP/s (of
+// the forward's multiply-adds, counted twice). Weights are seeded random: speed does not
+// depend on their values. scripts/bench_compare runs this beside PyTorch and prints ratios.
+#include <benchmark/benchmark.h>
+
+#include <gradcam/gradcam.hpp>
+#include <gradcam/models/torchvision.hpp>
+#include <memory>
+#include <utility>
+#include <vector>
+#include <string>
+
+using namespace gradcam;
+
+namespace {
+
+// Multiply-adds of one 224x224 forward (torchvision's published figures).
+constexpr double vgg16_macs = 15.47e9, resnet18_macs = 1.81e9, resnet50_macs = 4.09e9;
+
+template <class Net>
+Net& network(const auto& config) {
+    static std::unique_ptr<Net> net;
+    if (!net) {
+        net = std::make_unique<Net>(config);
+        net->initialise(1);
+    }
+    return *net;
+}
+
+Tensor<float> input(index_t batch) {
+    Random random(2);
+    Tensor<float> x(Shape{batch, 3, 224, 224});
+    for (float& v : x) v = static_cast<float>(random.normal());
+    return x;
+}
+
+enum class Method { forward, grad_cam, cam, guided_grad_cam };
+
+template <class Net>
+void run(benchmark::State& state, Net& net, const std::string& layer, const std::string& pooled,
+         const std::string& classifier, double macs, Method method) {
+    const index_t batch = state.range(0);
+    const Tensor<float> x = input(batch);
+    for (auto _ : state) {
+        switch (method) {
+            case Method::forward: {
+                Tape<float> tape;
+                benchmark::DoNotOptimize(net(tape.constant(x)).value().data());
+                break;
+            }
+            case Method::grad_cam:
+                benchmark::DoNotOptimize(grad_cam(net, x, layer).raw.data());
+                break;
+            case Method::cam:
+                benchmark::DoNotOptimize(cam(net, x, pooled, net.tensor(classifier)).raw.data());
+                break;
+            case Method::guided_grad_cam:
+                benchmark::DoNotOptimize(guided_grad_cam(net, x, layer).map.data());
+                break;
+        }
+    }
+    state.counters["GFLOP/s"] = benchmark::Counter(2e-9 * macs * static_cast<double>(batch),
+                                                   benchmark::Counter::kIsIterationInvariantRate);
+    state.SetItemsProcessed(state.iterations() * batch);
+}
+
+void vgg16(benchmark::State& state, Method method) {
+    auto& net = network<models::Vgg<float>>(models::vgg16_config());
+    if (method == Method::cam) {
+        state.SkipWithError("VGG-16 has no global-average-pool + linear head; CAM does not apply");
+        return;
+    }
+    run(state, net, "features.29", "", "", vgg16_macs, method);
+}
+void resnet18(benchmark::State& state, Method method) {
+    run(state, network<models::ResNet<float>>(models::resnet18_config()), "layer4", "layer4", "fc.weight",
+        resnet18_macs, method);
+}
+void resnet50(benchmark::State& state, Method method) {
+    run(state, network<models::ResNet<float>>(models::resnet50_config()), "layer4", "layer4", "fc.weight",
+        resnet50_macs, method);
+}
+
+// Every convolution of ResNet-50 at 224x224, batch 1, as separate conv2d calls: the share of
+// the machine's GEMM speed the lowering to GEMM reaches (compare with eigen_gemm below).
+void resnet50_convolutions(benchmark::State& state) {
+    auto& net = network<models::ResNet<float>>(models::resnet50_config());
+    std::vector<std::pair<Tensor<float>, nn::Conv2d<float>*>> layers;
+    Tape<float> tape;
+    std::vector<nn::Conv2d<float>*> convs;
+    for (nn::Module<float>* m : net.modules())
+        if (auto* conv = dynamic_cast<nn::Conv2d<float>*>(m)) {
+            convs.push_back(conv);
+            tape.keep(conv->path());
+        }
+    net(tape.constant(input(1)));
+    double macs = 0;
+    for (nn::Conv2d<float>* conv : convs) {
+        const Shape out = tape.find(conv->path()).shape();
+        const Tensor<float>& w = conv->weight();
+        const index_t stride = conv->options().stride.h;
+        layers.emplace_back(Tensor<float>(Shape{1, w.dim(1), out[2] * stride, out[3] * stride}, 0.5f), conv);
+        macs += static_cast<double>(out[1] * out[2] * out[3] * w.dim(1) * w.dim(2) * w.dim(3));
+    }
+    for (auto _ : state)
+        for (auto& [x, conv] : layers) {
+            Tape<float> t;
+            benchmark::DoNotOptimize(
+                conv2d(t.constant(x), t.constant(conv->weight()), conv->options()).value().data());
+        }
+    state.counters["GFLOP/s"] = benchmark::Counter(2e-9 * macs, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// Eigen's own large square GEMM on this machine, with the same threads: the reference speed.
+void eigen_gemm(benchmark::State& state) {
+    const index_t n = state.range(0);
+    detail::RowMajorMatrix<float> a = detail::RowMajorMatrix<float>::Random(n, n), b = a, c(n, n);
+    for (auto _ : state) {
+        c.noalias() = a * b;
+        benchmark::DoNotOptimize(c.data());
+    }
+    state.counters["GFLOP/s"] =
+        benchmark::Counter(2e-9 * static_cast<double>(n * n * n), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+}  // namespace
+
+BENCHMARK(eigen_gemm)->Arg(2048)->Unit(benchmark::kMillisecond)->MinTime(1.0)->UseRealTime();
+BENCHMARK(resnet50_convolutions)->Unit(benchmark::kMillisecond)->MinTime(1.0)->UseRealTime();
+
+#define GRADCAM_BENCH(model, method)                                                       \
+    BENCHMARK_CAPTURE(model, method, Method::method)->Arg(1)->Arg(8)->Unit(benchmark::kMillisecond) \
+        ->MinTime(1.0)->UseRealTime()
+
+GRADCAM_BENCH(resnet50, forward);
+GRADCAM_BENCH(resnet50, grad_cam);
+GRADCAM_BENCH(resnet50, cam);
+GRADCAM_BENCH(resnet50, guided_grad_cam);
+GRADCAM_BENCH(resnet18, forward);
+GRADCAM_BENCH(resnet18, grad_cam);
+GRADCAM_BENCH(resnet18, cam);
+GRADCAM_BENCH(resnet18, guided_grad_cam);
+GRADCAM_BENCH(vgg16, forward);
+GRADCAM_BENCH(vgg16, grad_cam);
+GRADCAM_BENCH(vgg16, guided_grad_cam);
+
+BENCHMARK_MAIN();
