@@ -18,13 +18,23 @@ namespace {
 // Multiply-adds of one 224x224 forward (torchvision's published figures).
 constexpr double vgg16_macs = 15.47e9, resnet18_macs = 1.81e9, resnet50_macs = 4.09e9;
 
+// Built once per process: seeded random weights (speed does not depend on their values).
 template <class Net>
-Net& network(const auto& config) {
-    static std::unique_ptr<Net> net;
-    if (!net) {
-        net = std::make_unique<Net>(config);
-        net->initialise(1);
-    }
+std::unique_ptr<Net> build(const auto& config) {
+    auto net = std::make_unique<Net>(config);
+    net->initialise(1);
+    return net;
+}
+models::Vgg<float>& vgg16_network() {
+    static const auto net = build<models::Vgg<float>>(models::vgg16_config());
+    return *net;
+}
+models::ResNet<float>& resnet18_network() {
+    static const auto net = build<models::ResNet<float>>(models::resnet18_config());
+    return *net;
+}
+models::ResNet<float>& resnet50_network() {
+    static const auto net = build<models::ResNet<float>>(models::resnet50_config());
     return *net;
 }
 
@@ -66,7 +76,7 @@ void run(benchmark::State& state, Net& net, const std::string& layer, const std:
 }
 
 void vgg16(benchmark::State& state, Method method) {
-    auto& net = network<models::Vgg<float>>(models::vgg16_config());
+    auto& net = vgg16_network();
     if (method == Method::cam) {
         state.SkipWithError("VGG-16 has no global-average-pool + linear head; CAM does not apply");
         return;
@@ -74,18 +84,18 @@ void vgg16(benchmark::State& state, Method method) {
     run(state, net, "features.29", "", "", vgg16_macs, method);
 }
 void resnet18(benchmark::State& state, Method method) {
-    run(state, network<models::ResNet<float>>(models::resnet18_config()), "layer4", "layer4", "fc.weight",
+    run(state, resnet18_network(), "layer4", "layer4", "fc.weight",
         resnet18_macs, method);
 }
 void resnet50(benchmark::State& state, Method method) {
-    run(state, network<models::ResNet<float>>(models::resnet50_config()), "layer4", "layer4", "fc.weight",
+    run(state, resnet50_network(), "layer4", "layer4", "fc.weight",
         resnet50_macs, method);
 }
 
 // Every convolution of ResNet-50 at 224x224, batch 1, as separate conv2d calls: the share of
 // the machine's GEMM speed the lowering to GEMM reaches (compare with eigen_gemm below).
 void resnet50_convolutions(benchmark::State& state) {
-    auto& net = network<models::ResNet<float>>(models::resnet50_config());
+    auto& net = resnet50_network();
     std::vector<std::pair<Tensor<float>, nn::Conv2d<float>*>> layers;
     Tape<float> tape;
     std::vector<nn::Conv2d<float>*> convs;
