@@ -29,7 +29,10 @@ def timed(fn, repeats):
     return best * 1000.0
 
 
-def grad_cam(model, x, layer):
+def hooked_layer_gradients(model, x, layer):
+    """The hook-based way: a forward hook keeps the layer's output, a tensor hook its gradient,
+    one backward from the summed top-class scores. Returns activations, gradients, logits and
+    the classes."""
     captured = {}
     module = dict(model.named_modules())[layer]
 
@@ -40,11 +43,17 @@ def grad_cam(model, x, layer):
     handle = module.register_forward_hook(forward_hook)
     try:
         logits = model(x)
-        logits.gather(1, logits.argmax(1, keepdim=True)).sum().backward()
+        classes = logits.argmax(1)
+        logits.gather(1, classes[:, None]).sum().backward()
     finally:
         handle.remove()
-    weights = captured["gradients"].mean(dim=(2, 3), keepdim=True)
-    return torch.relu((weights * captured["activations"]).sum(dim=1))
+    return captured["activations"], captured["gradients"], logits, classes
+
+
+def grad_cam(model, x, layer):
+    activations, gradients, _, _ = hooked_layer_gradients(model, x, layer)
+    weights = gradients.mean(dim=(2, 3), keepdim=True)
+    return torch.relu((weights * activations).sum(dim=1))
 
 
 def main():

@@ -13,26 +13,16 @@ import torch
 import torchvision
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_pytorch import hooked_layer_gradients  # noqa: E402
 from export_pytorch import write_safetensors  # noqa: E402
 
 NETWORKS = {"vgg16": "features.29", "resnet50": "layer4"}
 
 
 def grad_cam_raw(model, x, layer):
-    captured = {}
-    module = dict(model.named_modules())[layer]
-
-    def hook(_module, _inputs, output):
-        captured["activations"] = output
-        output.register_hook(lambda grad: captured.__setitem__("gradients", grad))
-
-    handle = module.register_forward_hook(hook)
-    logits = model(x)
-    handle.remove()
-    classes = logits.argmax(1)
-    logits.gather(1, classes[:, None]).sum().backward()
-    weights = captured["gradients"].mean(dim=(2, 3), keepdim=True)
-    return logits.detach(), classes, (weights * captured["activations"]).sum(dim=1).detach()
+    activations, gradients, logits, classes = hooked_layer_gradients(model, x, layer)
+    weights = gradients.mean(dim=(2, 3), keepdim=True)
+    return logits.detach(), classes, (weights * activations).sum(dim=1).detach()
 
 
 def main():

@@ -11,101 +11,99 @@
 
 namespace gradcam {
 
-// Grad-CAM:  alpha_k^c = 1/Z sum_ij dy^c / dA^k_ij,   L^c = ReLU(sum_k alpha_k^c A^k).
-template <class T, Network<T> Net>
-CamResult<T> grad_cam(Net& net, const Tensor<T>& input,
-                                               std::string_view layer,
-                                               const std::type_identity_t<Target<T>>& target = {}) {
+// The shared part of the methods below: one forward and one backward to `layer`, then the
+// method's own `raw_map(A, dy/dA)` ([N, K, h, w] each, giving [N, h, w]), then the maps users
+// see (ReLU, upsampling, normalisation) in make_cam_result.
+template <class T, Network<T> Net, class RawMap>
+CamResult<T> gradient_cam(Net& net, const Tensor<T>& input, std::string_view layer,
+                          const Target<T>& target, RawMap raw_map) {
     LayerGradients<T> g = layer_gradients(net, input, layer, target);
-    const Tensor<T>& A = g.activations;
-    const Tensor<T> alpha = spatial_mean(g.gradients);
-    Tensor<T> raw = weighted_channel_sum(alpha, A);  // the ReLU is applied in make_cam_result
+    Tensor<T> raw = raw_map(g.activations, std::move(g.gradients));
     return make_cam_result(std::move(raw), input.shape(), std::move(g.outputs),
                            std::move(g.classes));
+}
+
+// weights[n, k] = weigh(A[n, k], dA[n, k]) over the h x w positions of each map (Eigen arrays).
+template <class T, class Weigh>
+Tensor<T> channel_weights(const Tensor<T>& A, const Tensor<T>& dA, Weigh weigh) {
+    const index_t maps = A.dim(0) * A.dim(1), plane = A.dim(2) * A.dim(3);
+    Tensor<T> weights = Tensor<T>::uninitialized(Shape{A.dim(0), A.dim(1)});
+    for (index_t m = 0; m < maps; ++m)
+        weights[m] = weigh(detail::array(A.data() + m * plane, plane),
+                           detail::array(dA.data() + m * plane, plane));
+    return weights;
+}
+
+// Grad-CAM:  alpha_k^c = 1/Z sum_ij dy^c / dA^k_ij,   L^c = ReLU(sum_k alpha_k^c A^k).
+template <class T, Network<T> Net>
+CamResult<T> grad_cam(Net& net, const Tensor<T>& input, std::string_view layer,
+                      const std::type_identity_t<Target<T>>& target = {}) {
+    return gradient_cam(net, input, layer, target, [](const Tensor<T>& A, const Tensor<T>& dy_dA) {
+        const Tensor<T> alpha = spatial_mean(dy_dA);
+        return weighted_channel_sum(alpha, A);  // the ReLU is applied in make_cam_result
+    });
 }
 
 // Counterfactual explanation: the regions whose removal would raise the score, from the
 // negated gradients:  alpha_k = 1/Z sum_ij -dy^c / dA^k_ij.
 template <class T, Network<T> Net>
-CamResult<T> counterfactual_grad_cam(
-    Net& net, const Tensor<T>& input, std::string_view layer,
-    const std::type_identity_t<Target<T>>& target = {}) {
-    LayerGradients<T> g = layer_gradients(net, input, layer, target);
-    Tensor<T> alpha = spatial_mean(g.gradients);
-    for (T& a : alpha) a = -a;
-    Tensor<T> raw = weighted_channel_sum(alpha, g.activations);
-    return make_cam_result(std::move(raw), input.shape(), std::move(g.outputs),
-                           std::move(g.classes));
+CamResult<T> counterfactual_grad_cam(Net& net, const Tensor<T>& input, std::string_view layer,
+                                     const std::type_identity_t<Target<T>>& target = {}) {
+    return gradient_cam(net, input, layer, target, [](const Tensor<T>& A, const Tensor<T>& dy_dA) {
+        Tensor<T> alpha = spatial_mean(dy_dA);
+        for (T& a : alpha) a = -a;
+        return weighted_channel_sum(alpha, A);
+    });
 }
 
-// Grad-CAM++ with the closed form for an exponential of the score, as commonly implemented:
-//   a_ij = g^2 / (2 g^2 + sum_ab A_ab * g^3),  w_k = sum_ij a_ij * ReLU(g_ij),  map = sum_k w_k
-//   A^k.
+// Grad-CAM++ with the closed form for an exponential of the score, as pytorch-grad-cam has it
+// (epsilon 1e-6):  a_ij = g^2 / (2 g^2 + sum_ab A_ab g^3),  w_k = sum_ij a_ij ReLU(g_ij).
 template <class T, Network<T> Net>
-CamResult<T> grad_cam_plus_plus(
-    Net& net, const Tensor<T>& input, std::string_view layer,
-    const std::type_identity_t<Target<T>>& target = {}) {
-    LayerGradients<T> g = layer_gradients(net, input, layer, target);
-    const Tensor<T>& A = g.activations;
-    const index_t maps = A.dim(0) * A.dim(1), plane = A.dim(2) * A.dim(3);
-    Tensor<T> weights = Tensor<T>::uninitialized(Shape{A.dim(0), A.dim(1)});
-    for (index_t m = 0; m < maps; ++m) {
-        auto a = detail::array(A.data() + m * plane, plane);
-        auto grad = detail::array(g.gradients.data() + m * plane, plane);
+CamResult<T> grad_cam_plus_plus(Net& net, const Tensor<T>& input, std::string_view layer,
+                                const std::type_identity_t<Target<T>>& target = {}) {
+    const auto weight = [](const auto& a, const auto& g) {
         const T activation_sum = a.sum();
-        const auto g2 = grad.square(), g3 = grad.cube();
+        const auto g2 = g.square(), g3 = g.cube();
         const auto alpha =
-            (grad != T(0)).select(g2 / (T(2) * g2 + activation_sum * g3 + T(1e-6)), T(0));
-        weights[m] = (alpha * grad.max(T(0))).sum();
-    }
-    Tensor<T> raw = weighted_channel_sum(weights, A);
-    return make_cam_result(std::move(raw), input.shape(), std::move(g.outputs),
-                           std::move(g.classes));
+            (g != T(0)).select(g2 / (T(2) * g2 + activation_sum * g3 + T(1e-6)), T(0));
+        return (alpha * g.max(T(0))).sum();
+    };
+    return gradient_cam(net, input, layer, target, [&](const Tensor<T>& A, const Tensor<T>& dy_dA) {
+        return weighted_channel_sum(channel_weights(A, dy_dA, weight), A);
+    });
 }
 
-// XGrad-CAM:  w_k = sum_ij (A^k_ij / sum_ab A^k_ab) * dy / dA^k_ij,   map = sum_k w_k A^k.
+// XGrad-CAM:  w_k = sum_ij (A^k_ij / sum_ab A^k_ab) dy / dA^k_ij,   map = sum_k w_k A^k.
 template <class T, Network<T> Net>
-CamResult<T> xgrad_cam(
-    Net& net, const Tensor<T>& input, std::string_view layer,
-    const std::type_identity_t<Target<T>>& target = {}) {
-    LayerGradients<T> g = layer_gradients(net, input, layer, target);
-    const Tensor<T>& A = g.activations;
-    const index_t maps = A.dim(0) * A.dim(1), plane = A.dim(2) * A.dim(3);
-    Tensor<T> weights = Tensor<T>::uninitialized(Shape{A.dim(0), A.dim(1)});
-    for (index_t m = 0; m < maps; ++m) {
-        auto a = detail::array(A.data() + m * plane, plane);
-        auto grad = detail::array(g.gradients.data() + m * plane, plane);
-        weights[m] = (a * grad).sum() / (a.sum() + T(1e-7));
-    }
-    Tensor<T> raw = weighted_channel_sum(weights, A);
-    return make_cam_result(std::move(raw), input.shape(), std::move(g.outputs),
-                           std::move(g.classes));
+CamResult<T> xgrad_cam(Net& net, const Tensor<T>& input, std::string_view layer,
+                       const std::type_identity_t<Target<T>>& target = {}) {
+    const auto weight = [](const auto& a, const auto& g) {
+        return (a * g).sum() / (a.sum() + T(1e-7));
+    };
+    return gradient_cam(net, input, layer, target, [&](const Tensor<T>& A, const Tensor<T>& dy_dA) {
+        return weighted_channel_sum(channel_weights(A, dy_dA, weight), A);
+    });
 }
 
 // HiResCAM: each activation weighted by its own gradient,  map = sum_k dy/dA^k ⊙ A^k.
 template <class T, Network<T> Net>
-CamResult<T> hires_cam(
-    Net& net, const Tensor<T>& input, std::string_view layer,
-    const std::type_identity_t<Target<T>>& target = {}) {
-    LayerGradients<T> g = layer_gradients(net, input, layer, target);
-    Tensor<T> product = std::move(g.gradients);
-    detail::array(product.data(), product.size()) *=
-        detail::array(g.activations.data(), product.size());
-    return make_cam_result(channel_sum(product), input.shape(), std::move(g.outputs),
-                           std::move(g.classes));
+CamResult<T> hires_cam(Net& net, const Tensor<T>& input, std::string_view layer,
+                       const std::type_identity_t<Target<T>>& target = {}) {
+    return gradient_cam(net, input, layer, target, [](const Tensor<T>& A, Tensor<T> product) {
+        detail::array(product.data(), product.size()) *= detail::array(A.data(), product.size());
+        return channel_sum(product);
+    });
 }
 
 // LayerCAM: as HiResCAM with only positive gradients,  map = sum_k ReLU(dy/dA^k) ⊙ A^k.
 template <class T, Network<T> Net>
-CamResult<T> layer_cam(
-    Net& net, const Tensor<T>& input, std::string_view layer,
-    const std::type_identity_t<Target<T>>& target = {}) {
-    LayerGradients<T> g = layer_gradients(net, input, layer, target);
-    Tensor<T> product = positive_part(std::move(g.gradients));
-    detail::array(product.data(), product.size()) *=
-        detail::array(g.activations.data(), product.size());
-    return make_cam_result(channel_sum(product), input.shape(), std::move(g.outputs),
-                           std::move(g.classes));
+CamResult<T> layer_cam(Net& net, const Tensor<T>& input, std::string_view layer,
+                       const std::type_identity_t<Target<T>>& target = {}) {
+    return gradient_cam(net, input, layer, target, [](const Tensor<T>& A, Tensor<T> dy_dA) {
+        Tensor<T> product = positive_part(std::move(dy_dA));
+        detail::array(product.data(), product.size()) *= detail::array(A.data(), product.size());
+        return channel_sum(product);
+    });
 }
 
 }  // namespace gradcam
