@@ -88,6 +88,8 @@ struct CheckOptions {
     double eps = 1e-6;
     double gradient_tolerance = 1e-6;
     double forward_tolerance = 1e-5;
+    // For large inputs: check this many elements of each input, drawn at random (0: all).
+    index_t sampled_elements = 0;
 };
 
 // Checks an op built by `build` (a generic lambda taking const std::vector<Var<T>>& and
@@ -143,7 +145,14 @@ CheckResult check_gradients(const std::string& what, const std::vector<Tensor<do
     for (std::size_t k = 0; k < inputs.size(); ++k) {
         double worst = 0, worst_analytic = 0, worst_numeric = 0;
         index_t worst_at = -1;
-        for (index_t i = 0; i < inputs[k].size(); ++i) {
+        std::vector<index_t> elements;
+        const index_t size = inputs[k].size();
+        if (options.sampled_elements > 0 && options.sampled_elements < size)
+            for (index_t n = 0; n < options.sampled_elements; ++n)
+                elements.push_back(std::min<index_t>(size - 1, static_cast<index_t>(random.uniform(0, 1) * size)));
+        else
+            for (index_t i = 0; i < size; ++i) elements.push_back(i);
+        for (const index_t i : elements) {
             const double saved = perturbed[k][i];
             perturbed[k][i] = saved + options.eps;
             const double up = loss_at();

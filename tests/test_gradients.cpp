@@ -32,15 +32,16 @@ namespace {
 
 // conv2d of x [N, C, H, W] by a weight [O, C/groups, kh, kw], with or without a bias.
 void check_conv(const char* what, Shape x, Shape w, bool with_bias, Conv2dOptions o,
-                Random& random) {
+                Random& random, const gradcam::testing::CheckOptions& check = {}) {
     std::vector<Tensor<double>> inputs{random_normal(x, random), random_normal(w, random)};
     if (with_bias) {
         inputs.push_back(random_normal(Shape{w[0]}, random));
         check_gradients(
-            what, inputs, [o](const auto& v) { return conv2d(v[0], v[1], v[2], o); }, random);
+            what, inputs, [o](const auto& v) { return conv2d(v[0], v[1], v[2], o); }, random,
+            check);
     } else {
         check_gradients(
-            what, inputs, [o](const auto& v) { return conv2d(v[0], v[1], o); }, random);
+            what, inputs, [o](const auto& v) { return conv2d(v[0], v[1], o); }, random, check);
     }
 }
 
@@ -98,6 +99,30 @@ TEST_CASE("gradient: conv2d") {
     }
     SUBCASE("1x1 with stride 2 (through im2col)") {
         check_conv("conv2d 1x1 stride 2", {2, 3, 5, 6}, {4, 3, 1, 1}, true, {.stride = 2}, random);
+    }
+    // 3x3 with unit stride, 16+ channels and 128+ tiles of 2x2 outputs: Winograd's F(2x2, 3x3)
+    // both ways (the weight gradient stays on im2col, so it checks the forward independently).
+    // Odd output sizes leave partial tiles at the edges. 400 sampled elements per input; the
+    // loss is linear in each element, so a wide step (1e-3) has no truncation error and divides
+    // the rounding of these larger sums less. In float, the transforms' additions round a few
+    // times more than the direct sum (5e-6 here against 1e-6).
+    const gradcam::testing::CheckOptions winograd_check{
+        .eps = 1e-3, .forward_tolerance = 2e-5, .sampled_elements = 400};
+    SUBCASE("Winograd, padding 1, odd output 17x31") {
+        check_conv("conv2d winograd padding 1", {2, 16, 17, 31}, {16, 16, 3, 3}, true,
+                   {.padding = 1}, random, winograd_check);
+    }
+    SUBCASE("Winograd, no padding") {
+        check_conv("conv2d winograd padding 0", {1, 16, 18, 34}, {17, 16, 3, 3}, false, {},
+                   random, winograd_check);
+    }
+    SUBCASE("Winograd, padding (2, 1)") {
+        check_conv("conv2d winograd padding (2,1)", {1, 18, 13, 31}, {16, 18, 3, 3}, true,
+                   {.padding = {2, 1}}, random, winograd_check);
+    }
+    SUBCASE("Winograd forward, padding 3 (the input gradient through col2im)") {
+        check_conv("conv2d winograd padding 3", {1, 16, 11, 27}, {16, 16, 3, 3}, false,
+                   {.padding = 3}, random, winograd_check);
     }
     SUBCASE("non-square kernel") {
         check_conv("conv2d kernel 2x4", {2, 3, 5, 8}, {4, 3, 2, 4}, true,

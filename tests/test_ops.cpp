@@ -84,14 +84,59 @@ TEST_CASE("ops: forward values match PyTorch in double") {
     check_every_case<double>(2e-6);
 }
 
+// The direct sum y[k, i, j] = sum_{c, a, b} w[k, c, a, b] x[c, i + a - p, j + b - p] in double.
+Tensor<double> direct_conv3x3(const Tensor<double>& x, const Tensor<double>& w, Size2 pad) {
+    const index_t C = x.dim(1), H = x.dim(2), W = x.dim(3), K = w.dim(0);
+    const index_t out_h = H + 2 * pad.h - 2, out_w = W + 2 * pad.w - 2;
+    Tensor<double> y(Shape{1, K, out_h, out_w});
+    for (index_t k = 0; k < K; ++k)
+        for (index_t i = 0; i < out_h; ++i)
+            for (index_t j = 0; j < out_w; ++j) {
+                double sum = 0;
+                for (index_t c = 0; c < C; ++c)
+                    for (index_t a = 0; a < 3; ++a)
+                        for (index_t b = 0; b < 3; ++b) {
+                            const index_t ih = i + a - pad.h, iw = j + b - pad.w;
+                            if (ih >= 0 && ih < H && iw >= 0 && iw < W)
+                                sum += w[((k * C + c) * 3 + a) * 3 + b] * x[(c * H + ih) * W + iw];
+                        }
+                y[(k * out_h + i) * out_w + j] = sum;
+            }
+    return y;
+}
+
+TEST_CASE("ops: conv2d by Winograd F(2x2, 3x3) equals the direct sum") {
+    Random random(78);
+    for (const auto& [h, w, pad] : {std::tuple<index_t, index_t, Size2>{24, 24, 1}, {17, 31, 1},
+                                    {18, 34, 0}, {13, 31, {2, 1}}, {11, 27, 3}}) {
+        INFO("input " << h << "x" << w << ", padding " << pad.h << "x" << pad.w);
+        Tensor<double> x(Shape{1, 20, h, w}), kernels(Shape{24, 20, 3, 3});
+        for (double& v : x) v = random.normal();
+        for (double& v : kernels) v = random.normal();
+        const Tensor<double> expected = direct_conv3x3(x, kernels, pad);
+        REQUIRE(detail::winograd_applies(
+            detail::conv_geometry(x.shape(), kernels.shape(), nullptr, {.padding = pad}), 24));
+        Tape<double> tape;
+        check_close(conv2d(tape.constant(x), tape.constant(kernels), {.padding = pad}).value(),
+                    expected, 1e-12, "double");
+        Tape<float> float_tape;
+        check_close(conv2d(float_tape.constant(x.cast<float>()),
+                           float_tape.constant(kernels.cast<float>()), {.padding = pad})
+                        .value()
+                        .cast<double>(),
+                    expected, 1e-5, "float");
+    }
+}
+
 #ifdef _OPENMP
 #include <omp.h>
 
 TEST_CASE("ops: one thread and two threads give the same results") {
-    // Batch parallelism in conv2d (with per-thread weight gradients), plane parallelism in
+    // Batch parallelism in conv2d (with per-thread weight gradients; the Winograd products on
+    // separate threads inside an image when there is one), plane parallelism in
     // pooling, batch norm and ReLU: sums may be grouped differently, so agree to rounding.
     Random random(77);
-    Tensor<double> x(Shape{4, 6, 40, 40}), w(Shape{8, 6, 3, 3});
+    Tensor<double> x(Shape{4, 16, 40, 40}), w(Shape{16, 16, 3, 3});  // Winograd-sized
     for (double& v : x) v = random.normal();
     for (double& v : w) v = random.normal();
     auto run = [&](int threads) {
@@ -99,7 +144,7 @@ TEST_CASE("ops: one thread and two threads give the same results") {
         omp_set_num_threads(threads);
         Tape<double> tape;
         const Var<double> xv = tape.variable(x), wv = tape.variable(w);
-        Tensor<double> running_mean(Shape{8}), running_var(Shape{8}, 1.0);
+        Tensor<double> running_mean(Shape{16}), running_var(Shape{16}, 1.0);
         const Var<double> y = max_pool2d(relu(batch_norm2d_training(conv2d(xv, wv, {.padding = 1}), Var<double>(),
                                                                     Var<double>(), running_mean, running_var)),
                                          {.kernel = 3, .stride = 2, .padding = 1});

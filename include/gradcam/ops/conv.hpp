@@ -1,5 +1,6 @@
 // 2-d convolution (cross-correlation, as in PyTorch) with stride, zero padding, dilation,
-// groups and an optional bias, lowered to one GEMM per image and group through im2col.
+// groups and an optional bias, lowered to one GEMM per image and group through im2col, or for
+// 3x3 kernels with unit stride, to Winograd's F(2x2, 3x3) (detail/winograd.hpp).
 #pragma once
 
 #include <vector>
@@ -7,6 +8,7 @@
 #include "gradcam/detail/eigen.hpp"
 #include "gradcam/detail/im2col.hpp"
 #include "gradcam/detail/parallel.hpp"
+#include "gradcam/detail/winograd.hpp"
 #include "gradcam/tape.hpp"
 
 namespace gradcam {
@@ -67,6 +69,8 @@ inline ConvGeometry conv_geometry(const Shape& x, const Shape& w, const Shape* b
 // forward:  y[n, o] = b[o] + sum_{c in group(o), i, j} w[o, c, i, j] * x[n, c, oh*s + i*d - p, ...]
 //           computed per image n and group g as Y_g = W_g * im2col(X_g), by tiles of output rows.
 // backward: dW_g += dY_g * im2col(X_g)^T,  dX_g += col2im(W_g^T * dY_g),  db[o] += sum dY[., o].
+// A 3x3 kernel with unit stride goes through Winograd both ways (without groups): dX is then the
+// convolution of dY with the transposed kernels rotated by 180 degrees, padded by 2 - p.
 template <class T>
 Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
               const Conv2dOptions& options = {}) {
@@ -82,6 +86,12 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
     const T* xs = x.value().data();
     const T* ws = weight.value().data();
     const index_t rows_per_tile = detail::tile_rows(g);
+    const bool winograd = groups == 1 && detail::winograd_applies(g, out_channels);
+    Tensor<T> kernels;  // Winograd's transformed weights, shared by the images
+    if (winograd) {
+        kernels = Tensor<T>::uninitialized(Shape{16, out_channels, g.channels});
+        detail::winograd_kernels(ws, out_channels, g.channels, false, kernels.data());
+    }
     // Images in parallel when there are several; a single image's GEMM is threaded by Eigen.
     // Each image is lowered a tile of output rows at a time, so the buffer stays small.
     detail::parallel_for(batch * groups, batch > 1, [&](index_t item, int) {
@@ -91,6 +101,9 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
         T* y_group = y.data() + item * out_plane;
         if (g.is_pointwise()) {
             detail::matrix(y_group, group_out, g.cols()).noalias() = w_g * detail::matrix(x_group, g.rows(), g.cols());
+        } else if (winograd) {
+            T* scratch = detail::thread_scratch<T>(detail::winograd_scratch_size(g, group_out));
+            detail::winograd_conv3x3(x_group, g, kernels.data(), group_out, y_group, false, scratch);
         } else {
             T* col = detail::thread_scratch<T>(g.rows() * rows_per_tile * g.out_w);
             for (index_t oh0 = 0; oh0 < g.out_h; oh0 += rows_per_tile) {
@@ -105,7 +118,7 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
                 detail::ConstVectorMap<T>(bias.value().data() + gi * group_out, group_out);
     });
 
-    auto backward = [g, groups, group_out, in_plane, out_plane, rows_per_tile](
+    auto backward = [g, groups, group_out, in_plane, out_plane, rows_per_tile, winograd](
                         const Node<T>& self, const Tensor<T>& dy, GradientSink<T>& sink) {
         const Tensor<T>& xv = self.input(0).value();
         const Tensor<T>& wv = self.input(1).value();
@@ -113,6 +126,21 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
         const bool want_x = sink.wants(0), want_w = sink.wants(1);
         const bool want_b = self.input_count() > 2 && sink.wants(2);
         T* dx = want_x ? sink.of(0).data() : nullptr;
+        // The input gradient by Winograd: the 3x3 convolution of dY (padded by 2 - p) back to x.
+        const bool winograd_dx = want_x && winograd && g.pad_h <= 2 && g.pad_w <= 2;
+        detail::ConvGeometry adjoint = g;
+        Tensor<T> adjoint_kernels;
+        if (winograd_dx) {
+            adjoint.channels = group_out;
+            adjoint.height = g.out_h;
+            adjoint.width = g.out_w;
+            adjoint.pad_h = 2 - g.pad_h;
+            adjoint.pad_w = 2 - g.pad_w;
+            adjoint.out_h = g.height;
+            adjoint.out_w = g.width;
+            adjoint_kernels = Tensor<T>::uninitialized(Shape{16, g.channels, group_out});
+            detail::winograd_kernels(wv.data(), group_out, g.channels, true, adjoint_kernels.data());
+        }
         // The weight gradient sums over images: each thread sums into its own copy.
         const bool parallel = batch > 1;
         const index_t weight_size = wv.size();
@@ -136,11 +164,17 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
                 if (want_w) dw_g.noalias() += dy_g * detail::matrix(x_group, g.rows(), g.cols()).transpose();
                 return;
             }
+            if (winograd_dx) {
+                T* scratch = detail::thread_scratch<T>(detail::winograd_scratch_size(adjoint, g.channels));
+                detail::winograd_conv3x3(dy_group, adjoint, adjoint_kernels.data(), g.channels,
+                                         dx + item * in_plane, true, scratch);
+                if (!want_w) return;
+            }
             T* col = detail::thread_scratch<T>(g.rows() * rows_per_tile * g.out_w);
             for (index_t oh0 = 0; oh0 < g.out_h; oh0 += rows_per_tile) {
                 const index_t oh1 = std::min(g.out_h, oh0 + rows_per_tile), cols = (oh1 - oh0) * g.out_w;
                 const auto dy_tile = detail::matrix(dy_group + oh0 * g.out_w, group_out, cols, g.cols());
-                if (want_x) {
+                if (want_x && !winograd_dx) {
                     detail::matrix(col, g.rows(), cols).noalias() = w_g.transpose() * dy_tile;
                     detail::col2im_add(col, g, dx + item * in_plane, oh0, oh1);
                 }
