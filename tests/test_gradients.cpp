@@ -45,6 +45,18 @@ void check_conv(const char* what, Shape x, Shape w, bool with_bias, Conv2dOption
     }
 }
 
+// As check_conv, for a geometry that must take the Winograd path, on 400 sampled elements per
+// input (tests/test_ops.cpp compares every element with the direct sum). The loss is linear in
+// each element, so a wide step (1e-3) has no truncation error and divides the rounding of these
+// larger sums less. In float, the transforms' additions round a few times more than the direct
+// sum (5e-6 here against 1e-6).
+void check_winograd_conv(const char* what, Shape x, Shape w, bool with_bias, Conv2dOptions o,
+                         Random& random) {
+    REQUIRE(detail::winograd_applies(detail::conv_geometry(x, w, nullptr, o), w[0]));
+    check_conv(what, x, w, with_bias, o, random,
+               {.eps = 1e-3, .forward_tolerance = 2e-5, .sampled_elements = 400});
+}
+
 void check_max_pool(const char* what, Shape x, Pool2dOptions o, Random& random) {
     check_gradients(
         what, {well_spaced(x, random)}, [o](const auto& v) { return max_pool2d(v[0], o); }, random);
@@ -102,27 +114,22 @@ TEST_CASE("gradient: conv2d") {
     }
     // 3x3 with unit stride, 16+ channels and 128+ tiles of 2x2 outputs: Winograd's F(2x2, 3x3)
     // both ways (the weight gradient stays on im2col, so it checks the forward independently).
-    // Odd output sizes leave partial tiles at the edges. 400 sampled elements per input; the
-    // loss is linear in each element, so a wide step (1e-3) has no truncation error and divides
-    // the rounding of these larger sums less. In float, the transforms' additions round a few
-    // times more than the direct sum (5e-6 here against 1e-6).
-    const gradcam::testing::CheckOptions winograd_check{
-        .eps = 1e-3, .forward_tolerance = 2e-5, .sampled_elements = 400};
+    // Odd output sizes leave partial tiles at the edges.
     SUBCASE("Winograd, padding 1, odd output 17x31") {
-        check_conv("conv2d winograd padding 1", {2, 16, 17, 31}, {16, 16, 3, 3}, true,
-                   {.padding = 1}, random, winograd_check);
+        check_winograd_conv("conv2d winograd padding 1", {2, 16, 17, 31}, {16, 16, 3, 3}, true,
+                            {.padding = 1}, random);
     }
     SUBCASE("Winograd, no padding") {
-        check_conv("conv2d winograd padding 0", {1, 16, 18, 34}, {17, 16, 3, 3}, false, {},
-                   random, winograd_check);
+        check_winograd_conv("conv2d winograd padding 0", {1, 16, 18, 34}, {17, 16, 3, 3}, false,
+                            {}, random);
     }
     SUBCASE("Winograd, padding (2, 1)") {
-        check_conv("conv2d winograd padding (2,1)", {1, 18, 13, 31}, {16, 18, 3, 3}, true,
-                   {.padding = {2, 1}}, random, winograd_check);
+        check_winograd_conv("conv2d winograd padding (2,1)", {1, 18, 13, 31}, {16, 18, 3, 3},
+                            true, {.padding = {2, 1}}, random);
     }
     SUBCASE("Winograd forward, padding 3 (the input gradient through col2im)") {
-        check_conv("conv2d winograd padding 3", {1, 16, 11, 27}, {16, 16, 3, 3}, false,
-                   {.padding = 3}, random, winograd_check);
+        check_winograd_conv("conv2d winograd padding 3", {1, 16, 11, 27}, {16, 16, 3, 3}, false,
+                            {.padding = 3}, random);
     }
     SUBCASE("non-square kernel") {
         check_conv("conv2d kernel 2x4", {2, 3, 5, 8}, {4, 3, 2, 4}, true,

@@ -105,7 +105,18 @@ Tensor<double> direct_conv3x3(const Tensor<double>& x, const Tensor<double>& w, 
     return y;
 }
 
-TEST_CASE("ops: conv2d by Winograd F(2x2, 3x3) equals the direct sum") {
+// The kernels of the convolution that maps output gradients back to the input: transposed
+// (in and out channels swapped) and rotated by 180 degrees.
+Tensor<double> adjoint_kernels(const Tensor<double>& w) {
+    const index_t K = w.dim(0), C = w.dim(1);
+    Tensor<double> adjoint(Shape{C, K, 3, 3});
+    for (index_t k = 0; k < K; ++k)
+        for (index_t c = 0; c < C; ++c)
+            for (index_t i = 0; i < 9; ++i) adjoint[(c * K + k) * 9 + 8 - i] = w[(k * C + c) * 9 + i];
+    return adjoint;
+}
+
+TEST_CASE("ops: conv2d by Winograd F(2x2, 3x3) equals the direct sum, forward and backward") {
     Random random(78);
     for (const auto& [h, w, pad] : {std::tuple<index_t, index_t, Size2>{24, 24, 1}, {17, 31, 1},
                                     {18, 34, 0}, {13, 31, {2, 1}}, {11, 27, 3}}) {
@@ -117,8 +128,16 @@ TEST_CASE("ops: conv2d by Winograd F(2x2, 3x3) equals the direct sum") {
         REQUIRE(detail::winograd_applies(
             detail::conv_geometry(x.shape(), kernels.shape(), nullptr, {.padding = pad}), 24));
         Tape<double> tape;
-        check_close(conv2d(tape.constant(x), tape.constant(kernels), {.padding = pad}).value(),
-                    expected, 1e-12, "double");
+        const Var<double> xv = tape.variable(x);
+        const Var<double> y = conv2d(xv, tape.constant(kernels), {.padding = pad});
+        check_close(y.value(), expected, 1e-12, "double");
+        // dL/dx for L = sum(r * y) is the direct sum over r with the adjoint kernels, padded by
+        // 2 - p (negative: a crop, for p = 3, where the gradient goes through col2im).
+        Tensor<double> r(expected.shape());
+        for (double& v : r) v = random.normal();
+        check_close(tape.gradient(sum(mul(tape.constant(r), y)), {xv})[0],
+                    direct_conv3x3(r, adjoint_kernels(kernels), {2 - pad.h, 2 - pad.w}), 1e-12,
+                    "input gradient");
         Tape<float> float_tape;
         check_close(conv2d(float_tape.constant(x.cast<float>()),
                            float_tape.constant(kernels.cast<float>()), {.padding = pad})
@@ -132,30 +151,34 @@ TEST_CASE("ops: conv2d by Winograd F(2x2, 3x3) equals the direct sum") {
 #include <omp.h>
 
 TEST_CASE("ops: one thread and two threads give the same results") {
-    // Batch parallelism in conv2d (with per-thread weight gradients; the Winograd products on
-    // separate threads inside an image when there is one), plane parallelism in
+    // Batch parallelism in conv2d (with per-thread weight gradients) for 4 images; for one, the
+    // Winograd products and planes on separate threads inside the image; plane parallelism in
     // pooling, batch norm and ReLU: sums may be grouped differently, so agree to rounding.
     Random random(77);
-    Tensor<double> x(Shape{4, 16, 40, 40}), w(Shape{16, 16, 3, 3});  // Winograd-sized
-    for (double& v : x) v = random.normal();
-    for (double& v : w) v = random.normal();
-    auto run = [&](int threads) {
-        const int saved = omp_get_max_threads();
-        omp_set_num_threads(threads);
-        Tape<double> tape;
-        const Var<double> xv = tape.variable(x), wv = tape.variable(w);
-        Tensor<double> running_mean(Shape{16}), running_var(Shape{16}, 1.0);
-        const Var<double> y = max_pool2d(relu(batch_norm2d_training(conv2d(xv, wv, {.padding = 1}), Var<double>(),
-                                                                    Var<double>(), running_mean, running_var)),
-                                         {.kernel = 3, .stride = 2, .padding = 1});
-        auto grads = tape.gradient(sum(y * y), {xv, wv});
-        omp_set_num_threads(saved);
-        return std::tuple{y.value(), grads[0], grads[1]};
-    };
-    const auto [y1, dx1, dw1] = run(1);
-    const auto [y2, dx2, dw2] = run(2);
-    check_close(y2, y1, 1e-12, "output");
-    check_close(dx2, dx1, 1e-12, "input gradient");
-    check_close(dw2, dw1, 1e-12, "weight gradient");
+    for (const index_t batch : {4, 1}) {
+        INFO("batch " << batch);
+        Tensor<double> x(Shape{batch, 16, 40, 40}), w(Shape{16, 16, 3, 3});  // Winograd-sized
+        for (double& v : x) v = random.normal();
+        for (double& v : w) v = random.normal();
+        auto run = [&](int threads) {
+            const int saved = omp_get_max_threads();
+            omp_set_num_threads(threads);
+            Tape<double> tape;
+            const Var<double> xv = tape.variable(x), wv = tape.variable(w);
+            Tensor<double> running_mean(Shape{16}), running_var(Shape{16}, 1.0);
+            const Var<double> y =
+                max_pool2d(relu(batch_norm2d_training(conv2d(xv, wv, {.padding = 1}), Var<double>(),
+                                                      Var<double>(), running_mean, running_var)),
+                           {.kernel = 3, .stride = 2, .padding = 1});
+            auto grads = tape.gradient(sum(y * y), {xv, wv});
+            omp_set_num_threads(saved);
+            return std::tuple{y.value(), grads[0], grads[1]};
+        };
+        const auto [y1, dx1, dw1] = run(1);
+        const auto [y2, dx2, dw2] = run(2);
+        check_close(y2, y1, 1e-12, "output");
+        check_close(dx2, dx1, 1e-12, "input gradient");
+        check_close(dw2, dw1, 1e-12, "weight gradient");
+    }
 }
 #endif

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "gradcam/detail/parallel.hpp"
 #include "gradcam/shape.hpp"
 
 namespace gradcam::detail {
@@ -43,40 +44,46 @@ inline index_t tile_rows(const ConvGeometry& g) {
 // For the output rows [oh0, oh1):
 // col[(c*kh + i)*kw + j][(oh - oh0)*out_w + ow] = x[c][oh*sh - ph + i*dh][ow*sw - pw + j*dw], or
 // 0 in the padding. `x` holds g.channels planes; `col` has g.rows() x (oh1 - oh0) * out_w values.
+// The kernel rows (c, i) fill separate rows of `col`, on separate threads when the tile is large
+// (inside a single image's convolution; images of a batch already run on separate threads).
 template <class T>
 void im2col(const T* x, const ConvGeometry& g, T* col, index_t oh0, index_t oh1) {
     const index_t plane = g.height * g.width, tile_cols = (oh1 - oh0) * g.out_w;
-    for (index_t c = 0; c < g.channels; ++c)
-        for (index_t i = 0; i < g.kernel_h; ++i)
-            for (index_t j = 0; j < g.kernel_w; ++j) {
-                T* row = col + ((c * g.kernel_h + i) * g.kernel_w + j) * tile_cols;
-                const index_t offset = j * g.dilation_w - g.pad_w;
-                index_t first, last;
-                valid_columns(offset, g.stride_w, g.width, g.out_w, first, last);
-                for (index_t oh = oh0; oh < oh1; ++oh) {
-                    T* out = row + (oh - oh0) * g.out_w;
-                    const index_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
-                    if (ih < 0 || ih >= g.height) {
-                        std::fill_n(out, g.out_w, T(0));
-                        continue;
-                    }
-                    const T* line = x + c * plane + ih * g.width;
-                    std::fill_n(out, first, T(0));
-                    if (g.stride_w == 1)
-                        std::copy(line + offset + first, line + offset + last, out + first);
-                    else
-                        for (index_t ow = first; ow < last; ++ow) out[ow] = line[offset + ow * g.stride_w];
-                    std::fill(out + last, out + g.out_w, T(0));
+    const bool parallel = g.rows() * tile_cols >= parallel_grain;
+    parallel_for(g.channels * g.kernel_h, parallel, [&](index_t ci, int) {
+        const index_t c = ci / g.kernel_h, i = ci % g.kernel_h;
+        for (index_t j = 0; j < g.kernel_w; ++j) {
+            T* row = col + ((c * g.kernel_h + i) * g.kernel_w + j) * tile_cols;
+            const index_t offset = j * g.dilation_w - g.pad_w;
+            index_t first, last;
+            valid_columns(offset, g.stride_w, g.width, g.out_w, first, last);
+            for (index_t oh = oh0; oh < oh1; ++oh) {
+                T* out = row + (oh - oh0) * g.out_w;
+                const index_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
+                if (ih < 0 || ih >= g.height) {
+                    std::fill_n(out, g.out_w, T(0));
+                    continue;
                 }
+                const T* line = x + c * plane + ih * g.width;
+                std::fill_n(out, first, T(0));
+                if (g.stride_w == 1)
+                    std::copy(line + offset + first, line + offset + last, out + first);
+                else
+                    for (index_t ow = first; ow < last; ++ow)
+                        out[ow] = line[offset + ow * g.stride_w];
+                std::fill(out + last, out + g.out_w, T(0));
             }
+        }
+    });
 }
 
 // The adjoint of im2col for the output rows [oh0, oh1): x[c][ih][iw] += every col entry that
-// im2col read from there.
+// im2col read from there. Channels on separate threads (each adds into its own plane only).
 template <class T>
 void col2im_add(const T* col, const ConvGeometry& g, T* x, index_t oh0, index_t oh1) {
     const index_t plane = g.height * g.width, tile_cols = (oh1 - oh0) * g.out_w;
-    for (index_t c = 0; c < g.channels; ++c)
+    const bool parallel = g.rows() * tile_cols >= parallel_grain;
+    parallel_for(g.channels, parallel, [&](index_t c, int) {
         for (index_t i = 0; i < g.kernel_h; ++i)
             for (index_t j = 0; j < g.kernel_w; ++j) {
                 const T* row = col + ((c * g.kernel_h + i) * g.kernel_w + j) * tile_cols;
@@ -88,9 +95,11 @@ void col2im_add(const T* col, const ConvGeometry& g, T* x, index_t oh0, index_t 
                     if (ih < 0 || ih >= g.height) continue;
                     const T* in = row + (oh - oh0) * g.out_w;
                     T* line = x + c * plane + ih * g.width;
-                    for (index_t ow = first; ow < last; ++ow) line[offset + ow * g.stride_w] += in[ow];
+                    for (index_t ow = first; ow < last; ++ow)
+                        line[offset + ow * g.stride_w] += in[ow];
                 }
             }
+    });
 }
 
 }  // namespace gradcam::detail

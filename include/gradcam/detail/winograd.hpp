@@ -70,8 +70,9 @@ void winograd_kernels(const T* w, index_t out_channels, index_t channels, bool a
 }
 
 // Tile rows per block of the convolution: about 2^20 values of V and M (they stay in cache
-// between the transforms and the products), but at least 256 tiles, over which the products
-// share each packing of the kernels.
+// between the transforms and the products), but at least 256 tiles (or the whole image), over
+// which the products share each packing of the kernels. Wide layers take more for that: 512 in
+// and out channels at 28x28 hold 16 * 1024 * 196 values (13 MB of float).
 inline index_t winograd_tile_rows(const ConvGeometry& g, index_t out_channels) {
     const index_t tiles_h = (g.out_h + 1) / 2, tiles_w = (g.out_w + 1) / 2;
     const index_t per_row = 16 * (g.channels + out_channels) * tiles_w;
@@ -79,13 +80,16 @@ inline index_t winograd_tile_rows(const ConvGeometry& g, index_t out_channels) {
     return std::clamp<index_t>(std::max((index_t(1) << 20) / per_row, min_rows), 1, tiles_h);
 }
 
-// y[k] (out_channels planes of g.out_h x g.out_w) = (or +=, with `accumulate`) the 3x3
-// convolution of the g.channels planes x with the kernels whose transforms winograd_kernels
-// made. `scratch` holds winograd_scratch_size(...) values.
 inline index_t winograd_scratch_size(const ConvGeometry& g, index_t out_channels) {
     return 16 * (g.channels + out_channels) * winograd_tile_rows(g, out_channels) *
            ((g.out_w + 1) / 2);
 }
+
+// y[k] (out_channels planes of g.out_h x g.out_w) = (or +=, with `accumulate`) the 3x3
+// convolution of the g.channels planes x with the kernels whose transforms winograd_kernels
+// made. `scratch` holds winograd_scratch_size(...) values. The transforms' small row buffers
+// are vectors of their own, not thread_scratch: the calling thread, which is also the first of
+// the team, already holds its scratch buffer.
 
 template <class T>
 void winograd_conv3x3(const T* x, const ConvGeometry& g, const T* u, index_t out_channels, T* y,
@@ -108,16 +112,15 @@ void winograd_conv3x3(const T* x, const ConvGeometry& g, const T* u, index_t out
             T* d = buffer.data();             // the four input rows, zero-padded
             T* t = buffer.data() + 4 * span;  // B^T d
             const T* plane = x + c * g.height * g.width;
-            const index_t first = std::max<index_t>(0, g.pad_w);
-            const index_t last = std::min(span, g.width + g.pad_w);  // [first, last) inside
+            // The input's columns go to [pad_w, width + pad_w) of a row buffer (they fit: span >=
+            // out_w + 2 = width + 2 pad_w).
             for (index_t ty = ty0; ty < ty1; ++ty) {
                 for (int a = 0; a < 4; ++a) {
                     T* row = d + a * span;
                     const index_t ih = 2 * ty - g.pad_h + a;
                     std::fill_n(row, span, T(0));
-                    if (ih >= 0 && ih < g.height && first < last)
-                        std::copy(plane + ih * g.width + first - g.pad_w,
-                                  plane + ih * g.width + last - g.pad_w, row + first);
+                    if (ih >= 0 && ih < g.height)
+                        std::copy_n(plane + ih * g.width, g.width, row + g.pad_w);
                 }
                 for (index_t j = 0; j < span; ++j) {
                     t[j] = d[j] - d[2 * span + j];
