@@ -7,7 +7,9 @@ one backward from the summed top-class scores), once with parameter gradients (t
 when nobody turns them off) and once without (requires_grad_(False) on every parameter).
 Prints one JSON object. Needs Debian's python3-torch and python3-torchvision.
 
-    scripts/bench_pytorch.py [--threads 2] [--repeats 5]
+    scripts/bench_pytorch.py [--threads 2] [--repeats 10]
+
+Each time is the fastest of the repeats, as bench/models reports its own (best_ms).
 """
 import argparse
 import json
@@ -59,7 +61,7 @@ def grad_cam(model, x, layer):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
