@@ -133,6 +133,16 @@ class GradientSink {
         return *slot;
     }
 
+    // As of(i), for a backward that writes every element of input i's gradient: when nothing
+    // has been added to it yet, the tensor comes uninitialised and `fresh` is set, and the
+    // backward assigns (sparing a pass that zeroes it); otherwise it adds.
+    Tensor<T>& of(std::size_t i, bool& fresh) {
+        auto& slot = (*grads_)[index(*node_->inputs_[i])];
+        fresh = !slot && wants(i);
+        if (fresh) slot = std::make_unique<Tensor<T>>(Tensor<T>::uninitialized(node_->inputs_[i]->value().shape()));
+        return of(i);
+    }
+
     const GradientOptions& options() const { return *options_; }
 
   private:

@@ -18,10 +18,15 @@ Var<T> add(const Var<T>& a, const Var<T>& b) {
     return a.tape().record("add", std::move(y), {a, b},
                            [](const Node<T>&, const Tensor<T>& dy, GradientSink<T>& sink) {
                                const index_t n = dy.size();
-                               for (std::size_t i : {0u, 1u})
-                                   if (sink.wants(i))
-                                       detail::array(sink.of(i).data(), n) +=
-                                           detail::array(dy.data(), n);
+                               for (std::size_t i : {0u, 1u}) {
+                                   if (!sink.wants(i)) continue;
+                                   bool fresh = false;
+                                   auto dx = detail::array(sink.of(i, fresh).data(), n);
+                                   if (fresh)
+                                       dx = detail::array(dy.data(), n);
+                                   else
+                                       dx += detail::array(dy.data(), n);
+                               }
                            });
 }
 

@@ -64,7 +64,8 @@ Var<T> normalise_channels(const Var<T>& x, const Var<T>& gamma, const Var<T>& be
         const bool want_beta = has_beta && sink.wants(beta_at);
         const T count = static_cast<T>(batch * plane);
         const T* xs = self.input(0).value().data();
-        T* dx_all = want_x ? sink.of(0).data() : nullptr;
+        bool fresh = false;
+        T* dx_all = want_x ? sink.of(0, fresh).data() : nullptr;
         T* dgamma = want_gamma ? sink.of(gamma_at).data() : nullptr;
         T* dbeta = want_beta ? sink.of(beta_at).data() : nullptr;
         // Channels are independent: each writes its own slices of dx, dgamma and dbeta.
@@ -84,11 +85,17 @@ Var<T> normalise_channels(const Var<T>& x, const Var<T>& gamma, const Var<T>& be
                 const index_t offset = (n * channels + c) * plane;
                 auto g = array(dy.data() + offset, plane);
                 auto dx = array(dx_all + offset, plane);
+                auto put = [&](const auto& gradient) {
+                    if (fresh)
+                        dx = gradient;
+                    else
+                        dx += gradient;
+                };
                 if (!batch_statistics) {
-                    dx += g * a[k];
+                    put(g * a[k]);
                 } else {
                     auto xhat = (array(xs + offset, plane) - mean[k]) * inv_std[k];
-                    dx += a[k] * (g - dy_sum / count - xhat * (dy_xhat_sum / count));
+                    put(a[k] * (g - dy_sum / count - xhat * (dy_xhat_sum / count)));
                 }
             }
         });

@@ -3,6 +3,7 @@
 // 3x3 kernels with unit stride, to Winograd's F(2x2, 3x3) (detail/winograd.hpp).
 #pragma once
 
+#include <algorithm>
 #include <vector>
 
 #include "gradcam/detail/eigen.hpp"
@@ -125,9 +126,11 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
         const index_t batch = xv.shape()[0];
         const bool want_x = sink.wants(0), want_w = sink.wants(1);
         const bool want_b = self.input_count() > 2 && sink.wants(2);
-        T* dx = want_x ? sink.of(0).data() : nullptr;
+        bool fresh = false;  // dx is uninitialised: assign to it rather than add
+        T* dx = want_x ? sink.of(0, fresh).data() : nullptr;
         // The input gradient by Winograd: the 3x3 convolution of dY (padded by 2 - p) back to x.
         const bool winograd_dx = want_x && winograd && g.pad_h <= 2 && g.pad_w <= 2;
+        if (fresh && !g.is_pointwise() && !winograd_dx) std::fill_n(dx, xv.size(), T(0));  // col2im adds
         detail::ConvGeometry adjoint = g;
         Tensor<T> adjoint_kernels;
         if (winograd_dx) {
@@ -159,15 +162,20 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
                                : detail::matrix(static_cast<T*>(nullptr), 0, 0);
             if (g.is_pointwise()) {
                 const auto dy_g = detail::matrix(dy_group, group_out, g.cols());
-                if (want_x)
-                    detail::matrix(dx + item * in_plane, g.rows(), g.cols()).noalias() += w_g.transpose() * dy_g;
+                if (want_x) {
+                    auto dx_g = detail::matrix(dx + item * in_plane, g.rows(), g.cols());
+                    if (fresh)
+                        dx_g.noalias() = w_g.transpose() * dy_g;
+                    else
+                        dx_g.noalias() += w_g.transpose() * dy_g;
+                }
                 if (want_w) dw_g.noalias() += dy_g * detail::matrix(x_group, g.rows(), g.cols()).transpose();
                 return;
             }
             if (winograd_dx) {
                 T* scratch = detail::thread_scratch<T>(detail::winograd_scratch_size(adjoint, g.channels));
                 detail::winograd_conv3x3(dy_group, adjoint, adjoint_kernels.data(), g.channels,
-                                         dx + item * in_plane, true, scratch);
+                                         dx + item * in_plane, !fresh, scratch);
                 if (!want_w) return;
             }
             T* col = detail::thread_scratch<T>(g.rows() * rows_per_tile * g.out_w);

@@ -31,7 +31,8 @@ Var<T> relu(const Var<T>& x) {
             if (!sink.wants(0)) return;
             const index_t n = dy.size(),
                           chunks = (n + detail::parallel_grain - 1) / detail::parallel_grain;
-            T* dx_all = sink.of(0).data();
+            bool fresh = false;
+            T* dx_all = sink.of(0, fresh).data();
             const ReluRule rule = sink.options().relu;
             detail::parallel_for(chunks, chunks > 1, [&](index_t chunk, int) {
                 const index_t begin = chunk * detail::parallel_grain,
@@ -40,15 +41,21 @@ Var<T> relu(const Var<T>& x) {
                 auto g = detail::array(dy.data() + begin, count);
                 auto dx = detail::array(dx_all + begin, count);
                 const T zero(0);
+                auto put = [&](const auto& gradient) {
+                    if (fresh)
+                        dx = gradient;
+                    else
+                        dx += gradient;
+                };
                 switch (rule) {
                     case ReluRule::standard:
-                        dx += (out > zero).select(g, zero);
+                        put((out > zero).select(g, zero));
                         break;
                     case ReluRule::guided:
-                        dx += (out > zero && g > zero).select(g, zero);
+                        put((out > zero && g > zero).select(g, zero));
                         break;
                     case ReluRule::deconvnet:
-                        dx += g.max(zero);
+                        put(g.max(zero));
                         break;
                 }
             });
