@@ -3,6 +3,9 @@
 // file's metadata, so the script is the one place that states it.
 #include <doctest/doctest.h>
 
+#include <cmath>
+#include <limits>
+
 #include <nlohmann/json.hpp>
 
 #include "small_nets.hpp"
@@ -144,6 +147,33 @@ TEST_CASE("ops: conv2d by Winograd F(2x2, 3x3) equals the direct sum, forward an
                         .value()
                         .cast<double>(),
                     expected, 1e-5, "float");
+    }
+}
+
+TEST_CASE("ops: max_pool2d gives the same values with and without a recorded backward") {
+    // Constants take the values-only loop, variables the one that keeps each argmax.
+    Random random(79);
+    Tensor<double> x(Shape{2, 3, 11, 13});
+    for (double& v : x) v = random.normal();
+    x[5] = std::numeric_limits<double>::quiet_NaN();
+    x[200] = std::numeric_limits<double>::quiet_NaN();
+    x[300] = -std::numeric_limits<double>::infinity();
+    for (const Pool2dOptions& options :
+         {Pool2dOptions{.kernel = 3, .stride = 2, .padding = 1}, Pool2dOptions{.kernel = 2},
+          Pool2dOptions{.kernel = {2, 3}, .stride = {1, 2}, .ceil_mode = true},
+          Pool2dOptions{.kernel = 3, .stride = 1, .padding = 1, .dilation = 2},
+          Pool2dOptions{.kernel = 2, .stride = 1, .padding = 1, .dilation = 7}}) {
+        Tape<double> tape;
+        const Tensor<double> values = max_pool2d(tape.constant(x), options).value();
+        const Tensor<double> recorded = max_pool2d(tape.variable(x), options).value();
+        REQUIRE(values.shape() == recorded.shape());
+        for (index_t i = 0; i < values.size(); ++i) {
+            INFO("output " << i);
+            if (std::isnan(recorded[i]))
+                CHECK(std::isnan(values[i]));
+            else
+                CHECK(values[i] == recorded[i]);
+        }
     }
 }
 

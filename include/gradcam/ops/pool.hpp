@@ -8,6 +8,7 @@
 #include <limits>
 #include <vector>
 
+#include "gradcam/detail/im2col.hpp"  // valid_columns
 #include "gradcam/detail/parallel.hpp"
 #include "gradcam/tape.hpp"
 
@@ -74,7 +75,35 @@ Var<T> max_pool2d(const Var<T>& x, const Pool2dOptions& options = {}) {
     const bool keep_argmax = x.tape().will_record({x});
     std::vector<std::int32_t> argmax(keep_argmax ? static_cast<std::size_t>(y.size()) : 0);
     const T* xs = x.value().data();
-    detail::parallel_for(planes, y.size() >= detail::parallel_grain, [&](index_t p, int) {
+    const bool parallel = y.size() >= detail::parallel_grain;
+    if (!keep_argmax) {
+        // Values only (no gradient will pass here): a row of outputs at a time, one kernel
+        // position after another, so the inner loop vectorises. NaN wins, as above.
+        detail::parallel_for(planes, parallel, [&](index_t p, int) {
+            const T* in = xs + p * in_plane;
+            for (index_t oh = 0; oh < g.out_h; ++oh) {
+                T* out = y.data() + p * out_plane + oh * g.out_w;
+                std::fill_n(out, g.out_w, -std::numeric_limits<T>::infinity());
+                const index_t top = oh * g.stride_h - g.pad_h;
+                for (index_t i = 0; i < g.kernel_h; ++i) {
+                    const index_t ih = top + i * g.dilation_h;
+                    if (ih < 0 || ih >= g.height) continue;
+                    const T* line = in + ih * g.width;
+                    for (index_t j = 0; j < g.kernel_w; ++j) {
+                        const index_t offset = j * g.dilation_w - g.pad_w;
+                        index_t first, last;
+                        detail::valid_columns(offset, g.stride_w, g.width, g.out_w, first, last);
+                        for (index_t ow = first; ow < last; ++ow) {
+                            const T v = line[ow * g.stride_w + offset];
+                            out[ow] = v > out[ow] || std::isnan(v) ? v : out[ow];
+                        }
+                    }
+                }
+            }
+        });
+        return x.tape().record("max_pool2d", std::move(y), {x}, nullptr);
+    }
+    detail::parallel_for(planes, parallel, [&](index_t p, int) {
         const T* in = xs + p * in_plane;
         for (index_t oh = 0; oh < g.out_h; ++oh) {
             // The kernel rows (and below, columns) that fall inside the input.
