@@ -137,10 +137,16 @@ class GradientSink {
     // has been added to it yet, the tensor comes uninitialised and `fresh` is set, and the
     // backward assigns (sparing a pass that zeroes it); otherwise it adds.
     Tensor<T>& of(std::size_t i, bool& fresh) {
-        auto& slot = (*grads_)[index(*node_->inputs_[i])];
-        fresh = !slot && wants(i);
-        if (fresh) slot = std::make_unique<Tensor<T>>(Tensor<T>::uninitialized(node_->inputs_[i]->value().shape()));
-        return of(i);
+        fresh = false;
+        if (wants(i)) {
+            const Node<T>& in = *node_->inputs_[i];
+            auto& slot = (*grads_)[index(in)];
+            if (!slot) {
+                slot = std::make_unique<Tensor<T>>(Tensor<T>::uninitialized(in.value().shape()));
+                fresh = true;
+            }
+        }
+        return of(i);  // throws when input i is not wanted
     }
 
     const GradientOptions& options() const { return *options_; }
@@ -303,12 +309,13 @@ class Tape {
     // sum). Parameters the loss does not reach are left out, so optimizers skip them.
     std::unordered_map<const Tensor<T>*, Tensor<T>> parameter_gradients(const Var<T>& loss) const {
         if (loss.shape().numel() != 1)
-            throw shape_error(detail::concat("parameter_gradients: the loss has shape ", loss.shape(),
-                                             "; it must be a scalar"));
+            throw shape_error(detail::concat("parameter_gradients: the loss has shape ",
+                                             loss.shape(), "; it must be a scalar"));
         std::vector<Var<T>> params;
         for (const auto& n : nodes_)
             if (n->external_) params.push_back(Var<T>(n));
-        std::vector<std::unique_ptr<Tensor<T>>> grads = sweep(loss, Tensor<T>(loss.shape(), T(1)), params, {});
+        std::vector<std::unique_ptr<Tensor<T>>> grads =
+            sweep(loss, Tensor<T>(loss.shape(), T(1)), params, {});
         std::unordered_map<const Tensor<T>*, Tensor<T>> by_tensor;
         for (std::size_t i = 0; i < params.size(); ++i) {
             if (!grads[i]) continue;

@@ -66,4 +66,14 @@ ConstArrayMap<T> array(const T* data, index_t size) {
     return ConstArrayMap<T>(data, size);
 }
 
+// target = value, or target += value: for a backward writing a gradient that may be the first
+// contribution (GradientSink::of(i, fresh)).
+template <class Target, class Value>
+void assign_or_add(Target&& target, const Value& value, bool assign) {
+    if (assign)
+        target = value;
+    else
+        target += value;
+}
+
 }  // namespace gradcam::detail

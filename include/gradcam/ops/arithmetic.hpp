@@ -21,11 +21,9 @@ Var<T> add(const Var<T>& a, const Var<T>& b) {
                                for (std::size_t i : {0u, 1u}) {
                                    if (!sink.wants(i)) continue;
                                    bool fresh = false;
-                                   auto dx = detail::array(sink.of(i, fresh).data(), n);
-                                   if (fresh)
-                                       dx = detail::array(dy.data(), n);
-                                   else
-                                       dx += detail::array(dy.data(), n);
+                                   T* dx = sink.of(i, fresh).data();  // sets fresh first
+                                   detail::assign_or_add(detail::array(dx, n),
+                                                         detail::array(dy.data(), n), fresh);
                                }
                            });
 }

@@ -85,17 +85,12 @@ Var<T> normalise_channels(const Var<T>& x, const Var<T>& gamma, const Var<T>& be
                 const index_t offset = (n * channels + c) * plane;
                 auto g = array(dy.data() + offset, plane);
                 auto dx = array(dx_all + offset, plane);
-                auto put = [&](const auto& gradient) {
-                    if (fresh)
-                        dx = gradient;
-                    else
-                        dx += gradient;
-                };
                 if (!batch_statistics) {
-                    put(g * a[k]);
+                    assign_or_add(dx, g * a[k], fresh);
                 } else {
                     auto xhat = (array(xs + offset, plane) - mean[k]) * inv_std[k];
-                    put(a[k] * (g - dy_sum / count - xhat * (dy_xhat_sum / count)));
+                    assign_or_add(dx, a[k] * (g - dy_sum / count - xhat * (dy_xhat_sum / count)),
+                                  fresh);
                 }
             }
         });

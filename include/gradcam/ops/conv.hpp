@@ -163,11 +163,8 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
             if (g.is_pointwise()) {
                 const auto dy_g = detail::matrix(dy_group, group_out, g.cols());
                 if (want_x) {
-                    auto dx_g = detail::matrix(dx + item * in_plane, g.rows(), g.cols());
-                    if (fresh)
-                        dx_g.noalias() = w_g.transpose() * dy_g;
-                    else
-                        dx_g.noalias() += w_g.transpose() * dy_g;
+                    detail::assign_or_add(detail::matrix(dx + item * in_plane, g.rows(), g.cols()).noalias(),
+                                          w_g.transpose() * dy_g, fresh);
                 }
                 if (want_w) dw_g.noalias() += dy_g * detail::matrix(x_group, g.rows(), g.cols()).transpose();
                 return;

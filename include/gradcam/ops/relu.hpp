@@ -41,21 +41,15 @@ Var<T> relu(const Var<T>& x) {
                 auto g = detail::array(dy.data() + begin, count);
                 auto dx = detail::array(dx_all + begin, count);
                 const T zero(0);
-                auto put = [&](const auto& gradient) {
-                    if (fresh)
-                        dx = gradient;
-                    else
-                        dx += gradient;
-                };
                 switch (rule) {
                     case ReluRule::standard:
-                        put((out > zero).select(g, zero));
+                        detail::assign_or_add(dx, (out > zero).select(g, zero), fresh);
                         break;
                     case ReluRule::guided:
-                        put((out > zero && g > zero).select(g, zero));
+                        detail::assign_or_add(dx, (out > zero && g > zero).select(g, zero), fresh);
                         break;
                     case ReluRule::deconvnet:
-                        put(g.max(zero));
+                        detail::assign_or_add(dx, g.max(zero), fresh);
                         break;
                 }
             });
