@@ -52,10 +52,15 @@ def hooked_layer_gradients(model, x, layer):
     return captured["activations"], captured["gradients"], logits, classes
 
 
-def grad_cam(model, x, layer):
-    activations, gradients, _, _ = hooked_layer_gradients(model, x, layer)
+def grad_cam_map(activations, gradients):
+    """ReLU(sum_k alpha_k A^k) with alpha_k the spatial mean of dy/dA^k."""
     weights = gradients.mean(dim=(2, 3), keepdim=True)
     return torch.relu((weights * activations).sum(dim=1))
+
+
+def grad_cam(model, x, layer):
+    activations, gradients, _, _ = hooked_layer_gradients(model, x, layer)
+    return grad_cam_map(activations, gradients)
 
 
 def main():
@@ -102,8 +107,7 @@ def grad_cam_no_params(model, x, layer):
         (gradients,) = torch.autograd.grad(score, (captured["activations"],))
     finally:
         handle.remove()
-    weights = gradients.mean(dim=(2, 3), keepdim=True)
-    return torch.relu((weights * captured["activations"]).sum(dim=1))
+    return grad_cam_map(captured["activations"], gradients)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,23 @@ inline bool winograd_applies(const ConvGeometry& g, index_t out_channels) {
            ((g.out_h + 1) / 2) * ((g.out_w + 1) / 2) >= winograd_min_tiles;
 }
 
+// The geometry of the convolution that maps output gradients back to the input: dy's planes,
+// padded by 2 - p, convolved to the input's size (with the kernels winograd_kernels makes with
+// `adjoint`). Winograd serves it when p <= 2; beyond, the padding would be negative.
+inline bool winograd_adjoint_applies(const ConvGeometry& g) { return g.pad_h <= 2 && g.pad_w <= 2; }
+
+inline ConvGeometry winograd_adjoint(const ConvGeometry& g, index_t out_channels) {
+    ConvGeometry adjoint = g;
+    adjoint.channels = out_channels;
+    adjoint.height = g.out_h;
+    adjoint.width = g.out_w;
+    adjoint.pad_h = 2 - g.pad_h;
+    adjoint.pad_w = 2 - g.pad_w;
+    adjoint.out_h = g.height;
+    adjoint.out_w = g.width;
+    return adjoint;
+}
+
 // U = G g G^T for one 3x3 kernel g (row-major), written to u[0], u[stride], ... u[15 * stride].
 //   G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
 template <class T>

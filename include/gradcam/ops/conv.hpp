@@ -129,18 +129,12 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
         bool fresh = false;  // dx is uninitialised: assign to it rather than add
         T* dx = want_x ? sink.of(0, fresh).data() : nullptr;
         // The input gradient by Winograd: the 3x3 convolution of dY (padded by 2 - p) back to x.
-        const bool winograd_dx = want_x && winograd && g.pad_h <= 2 && g.pad_w <= 2;
-        if (fresh && !g.is_pointwise() && !winograd_dx) std::fill_n(dx, xv.size(), T(0));  // col2im adds
-        detail::ConvGeometry adjoint = g;
+        const bool winograd_dx = want_x && winograd && detail::winograd_adjoint_applies(g);
+        if (fresh && !g.is_pointwise() && !winograd_dx)
+            std::fill_n(dx, xv.size(), T(0));  // col2im adds
+        const detail::ConvGeometry adjoint = detail::winograd_adjoint(g, group_out);
         Tensor<T> adjoint_kernels;
         if (winograd_dx) {
-            adjoint.channels = group_out;
-            adjoint.height = g.out_h;
-            adjoint.width = g.out_w;
-            adjoint.pad_h = 2 - g.pad_h;
-            adjoint.pad_w = 2 - g.pad_w;
-            adjoint.out_h = g.height;
-            adjoint.out_w = g.width;
             adjoint_kernels = Tensor<T>::uninitialized(Shape{16, g.channels, group_out});
             detail::winograd_kernels(wv.data(), group_out, g.channels, true, adjoint_kernels.data());
         }
@@ -162,10 +156,10 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
                                : detail::matrix(static_cast<T*>(nullptr), 0, 0);
             if (g.is_pointwise()) {
                 const auto dy_g = detail::matrix(dy_group, group_out, g.cols());
-                if (want_x) {
-                    detail::assign_or_add(detail::matrix(dx + item * in_plane, g.rows(), g.cols()).noalias(),
-                                          w_g.transpose() * dy_g, fresh);
-                }
+                if (want_x)
+                    detail::assign_or_add(
+                        detail::matrix(dx + item * in_plane, g.rows(), g.cols()).noalias(),
+                        w_g.transpose() * dy_g, fresh);
                 if (want_w) dw_g.noalias() += dy_g * detail::matrix(x_group, g.rows(), g.cols()).transpose();
                 return;
             }
