@@ -1,6 +1,8 @@
 // Tensor and Shape: value semantics, indexing, reshaping, and the messages of their errors.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+
 #include "gradcam/tensor.hpp"
 
 using gradcam::index_t;
@@ -52,4 +54,40 @@ TEST_CASE("tensor: errors name the shape and the offending index") {
     CHECK_THROWS_WITH_AS(Shape({2, 3}).normalise_axis(2), "axis 2 is out of range for shape [2, 3]",
                          gradcam::argument_error);
     CHECK(Shape({2, 3}).normalise_axis(-1) == 1);
+}
+
+TEST_CASE("tensor: large buffers are reused by size, within the cache's limit") {
+    using gradcam::detail::BufferCache;
+    gradcam::release_buffer_cache();
+    const index_t large = index_t(1) << 17;  // 512 KiB of float: cached
+    const float* first = nullptr;
+    {
+        Tensor<float> t(Shape{large});
+        first = t.data();
+    }
+    CHECK(gradcam::buffer_cache_size() == BufferCache::rounded(large * sizeof(float)));
+    {
+        const Tensor<float> again = Tensor<float>::uninitialized(Shape{2, large / 2});
+        CHECK(again.data() == first);  // same byte size: the kept block
+        CHECK(gradcam::buffer_cache_size() == 0);
+        const Tensor<float> zeros(Shape{large});  // a fresh or reused block is still zeroed
+        CHECK(std::all_of(zeros.begin(), zeros.end(), [](float v) { return v == 0; }));
+    }
+    // Small buffers are left to malloc.
+    { Tensor<float> small(Shape{1000}); }
+    CHECK(gradcam::buffer_cache_size() == 2 * BufferCache::rounded(large * sizeof(float)));
+
+    const std::size_t saved = gradcam::buffer_cache_limit();
+    gradcam::set_buffer_cache_limit(BufferCache::rounded(large * sizeof(float)));
+    CHECK(gradcam::buffer_cache_size() <= gradcam::buffer_cache_limit());
+    gradcam::set_buffer_cache_limit(0);
+    CHECK(gradcam::buffer_cache_size() == 0);
+    { Tensor<float> t(Shape{large}); }
+    CHECK(gradcam::buffer_cache_size() == 0);  // off: freed at once
+    gradcam::set_buffer_cache_limit(saved);
+    { Tensor<float> t(Shape{large}); }
+    CHECK(gradcam::buffer_cache_size() > 0);
+    gradcam::release_buffer_cache();
+    CHECK(gradcam::buffer_cache_size() == 0);
+    CHECK(gradcam::buffer_cache_limit() == saved);
 }

@@ -2,6 +2,7 @@
 // small tensor library with reverse-mode autodiff. Include this header for everything.
 #pragma once
 
+#include "gradcam/buffer_cache.hpp"
 #include "gradcam/error.hpp"
 #include "gradcam/explain/cam.hpp"
 #include "gradcam/explain/grad_cam.hpp"

@@ -1,5 +1,6 @@
 // Tensor<T>: an N-d array of T in one contiguous, row-major, 64-byte aligned buffer. It copies
 // like a value; ops view its storage through Eigen maps (see detail/eigen.hpp) for the maths.
+// Large buffers come from, and go back to, the buffer cache (buffer_cache.hpp).
 #pragma once
 
 #include <algorithm>
@@ -12,25 +13,27 @@
 #include <type_traits>
 #include <vector>
 
+#include "gradcam/buffer_cache.hpp"
 #include "gradcam/shape.hpp"
 
 namespace gradcam {
 
 namespace detail {
 
-struct AlignedFree {
-    void operator()(void* p) const { std::free(p); }
+// Returns a buffer to the cache it came from, which needs its size.
+struct BufferRelease {
+    std::size_t bytes = 0;
+    void operator()(void* p) const { BufferCache::instance().release(p, bytes); }
 };
 
 template <class T>
-std::unique_ptr<T[], AlignedFree> allocate_aligned(index_t count) {
+using Buffer = std::unique_ptr<T[], BufferRelease>;
+
+template <class T>
+Buffer<T> allocate_aligned(index_t count) {
     if (count == 0) return nullptr;
-    constexpr std::size_t alignment = 64;
-    std::size_t bytes = static_cast<std::size_t>(count) * sizeof(T);
-    bytes = (bytes + alignment - 1) / alignment * alignment;
-    void* p = std::aligned_alloc(alignment, bytes);
-    if (!p) throw std::bad_alloc();
-    return std::unique_ptr<T[], AlignedFree>(static_cast<T*>(p));
+    const std::size_t bytes = BufferCache::rounded(static_cast<std::size_t>(count) * sizeof(T));
+    return Buffer<T>(static_cast<T*>(BufferCache::instance().acquire(bytes)), BufferRelease{bytes});
 }
 
 }  // namespace detail
@@ -166,7 +169,7 @@ class Tensor {
     }
 
     Shape shape_{0};
-    std::unique_ptr<T[], detail::AlignedFree> data_;
+    detail::Buffer<T> data_;
 };
 
 // Largest |a - b| over all elements; shapes must match.
