@@ -242,7 +242,7 @@ TEST_CASE("explain: errors name what is wrong") {
 
 TEST_CASE("explain: the model builders match PyTorch: Bottleneck blocks, VGG with batch norm, CIFAR ResNet-20") {
     const io::SafetensorsFile golden(data_file("builders.safetensors"));
-    auto check = [&](nn::Module<float>& net, const std::string& name) {
+    auto check = [&](nn::Module<float>& net, const std::string& name, double map_tolerance = tolerance) {
         INFO(name);
         for (auto& [key, tensor] : net.state()) golden.read_into(name + ".weights." + key, *tensor);
         index_t stored = 0;
@@ -253,7 +253,7 @@ TEST_CASE("explain: the model builders match PyTorch: Bottleneck blocks, VGG wit
         Tape<float> tape;
         check_close(net(tape.constant(input)).value(), golden.read<float>(name + ".logits"), tolerance, "logits");
         check_close(grad_cam(net, input, meta.at("layer").get<std::string>()).raw,
-                    golden.read<float>(name + ".gradcam_raw"), tolerance, "gradcam_raw");
+                    golden.read<float>(name + ".gradcam_raw"), map_tolerance, "gradcam_raw");
     };
     models::ResNet<float> bottleneck({.bottleneck = true,
                                       .blocks = {1, 1},
@@ -271,8 +271,18 @@ TEST_CASE("explain: the model builders match PyTorch: Bottleneck blocks, VGG wit
                                .classes = 10});
     CHECK(vgg_bn.last_conv_layer() == "features.9");
     check(vgg_bn, "vgg_bn");
-    models::CifarResNet<float> cifar(20);  // option-A shortcuts; weights stored as F16
-    check(cifar, "cifar_resnet20");
+    // Option-A shortcuts; weights stored as F16. The map sums 64 channels that nearly cancel:
+    // PyTorch's float map is itself 1.0e-4 (of its largest value) away from the same map in
+    // float64, so it is compared at 2e-4, and ours against our float64 map at 1e-5 (it is 3e-9
+    // away).
+    models::CifarResNet<float> cifar(20);
+    check(cifar, "cifar_resnet20", 2e-4);
+    models::CifarResNet<double> cifar_double(20);
+    for (auto& [key, tensor] : cifar_double.state()) *tensor = golden.read<double>("cifar_resnet20.weights." + key);
+    const std::string layer = nlohmann::json::parse(golden.metadata().at("cifar_resnet20")).at("layer");
+    const Tensor<float> input = golden.read<float>("cifar_resnet20.input");
+    check_close(grad_cam(cifar, input, layer).raw.cast<double>(),
+                grad_cam(cifar_double, input.cast<double>(), layer).raw, 1e-5, "float against float64");
 }
 
 TEST_CASE("explain: a module network left in training mode is explained in inference mode, untouched") {

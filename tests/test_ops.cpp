@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -148,6 +149,54 @@ TEST_CASE("ops: conv2d by Winograd F(2x2, 3x3) equals the direct sum, forward an
                         .cast<double>(),
                     expected, 1e-5, "float");
     }
+}
+
+// Every path of detail::gemm (the register-tiled kernel with its edge tiles and its split
+// over threads; Eigen for narrow products), with operands stored by rows and by columns,
+// assigning and accumulating, against a sum in long double.
+template <class T>
+void check_gemm(index_t M, index_t N, index_t K, bool a_by_columns, bool b_by_columns,
+                bool accumulate, bool parallel, Random& random, double tolerance) {
+    std::vector<T> a(static_cast<std::size_t>(M * K)), b(static_cast<std::size_t>(K * N)),
+        c(static_cast<std::size_t>(M * (N + 3)));
+    for (T& v : a) v = static_cast<T>(random.normal());
+    for (T& v : b) v = static_cast<T>(random.normal());
+    for (T& v : c) v = static_cast<T>(random.normal());
+    const auto av = a_by_columns ? detail::view(a.data(), K, M).transposed() : detail::view(a.data(), M, K);
+    const auto bv = b_by_columns ? detail::view(b.data(), N, K).transposed() : detail::view(b.data(), K, N);
+    const std::vector<T> before = c;
+    const index_t ldc = N + 3;  // C is a block of a wider matrix: the 3 extra columns stay
+    detail::gemm(av, bv, c.data(), ldc, accumulate, parallel);
+    for (index_t i = 0; i < M; ++i)
+        for (index_t j = 0; j < ldc; ++j) {
+            const std::size_t at = static_cast<std::size_t>(i * ldc + j);
+            if (j >= N) {
+                REQUIRE(c[at] == before[at]);
+                continue;
+            }
+            long double sum = accumulate ? before[at] : 0, magnitude = 1;
+            for (index_t k = 0; k < K; ++k) {
+                sum += static_cast<long double>(av(i, k)) * bv(k, j);
+                magnitude += std::abs(static_cast<long double>(av(i, k)) * bv(k, j));
+            }
+            INFO(M << "x" << N << "x" << K << " at " << i << "," << j);
+            REQUIRE(std::abs(static_cast<double>(c[at] - sum)) <= tolerance * static_cast<double>(magnitude));
+        }
+}
+
+TEST_CASE("ops: gemm equals the direct sum for every tile edge, storage order and thread split") {
+    Random random(80);
+    for (const index_t M : {1, 11, 12, 13, 40})
+        for (const index_t N : {1, 17, 32, 33, 70})
+            for (const index_t K : {0, 1, 7, 300})
+                for (int flags = 0; flags < 16; ++flags) {
+                    const bool a_cols = flags & 1, b_cols = flags & 2, acc = flags & 4, par = flags & 8;
+                    check_gemm<double>(M, N, K, a_cols, b_cols, acc, par, random, 1e-14);
+                    check_gemm<float>(M, N, K, a_cols, b_cols, acc, par, random, 1e-6);
+                }
+    // Larger than one block of every kind (kc, mc, nc), so each loop runs more than once.
+    check_gemm<float>(200, 1100, 600, false, false, true, true, random, 1e-6);
+    check_gemm<double>(130, 700, 300, true, true, false, true, random, 1e-14);
 }
 
 TEST_CASE("ops: max_pool2d gives the same values with and without a recorded backward") {

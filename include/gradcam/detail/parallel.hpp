@@ -65,8 +65,9 @@ void parallel_for(index_t count, bool parallel, Body&& body) {
 }
 
 // A buffer of at least `count` values for the calling thread, reused across calls, its
-// contents unspecified. One per thread and element type: do not hold two at once.
-template <class T>
+// contents unspecified. One per thread, element type and slot: code that holds one while
+// calling code that takes another uses a different slot (gemm takes slots 1 and 2).
+template <class T, int Slot = 0>
 T* thread_scratch(index_t count) {
     thread_local std::unique_ptr<T[]> buffer;
     thread_local index_t capacity = 0;

@@ -5,14 +5,14 @@
 // 16 multiplications where the direct form needs 36. Summed over input channels, the
 // elementwise product becomes 16 independent matrix products, one per tile position e:
 //     M_e[k, tile] = sum_c U_e[k, c] V_e[c, tile],   U = G g G^T,  V = B^T d B,
-// which Eigen's GEMM computes; the transforms themselves are additions and halvings only, so
+// which detail::gemm computes; the transforms themselves are additions and halvings only, so
 // the result differs from the direct sum by rounding alone.
 #pragma once
 
 #include <algorithm>
 #include <vector>
 
-#include "gradcam/detail/eigen.hpp"
+#include "gradcam/detail/gemm.hpp"
 #include "gradcam/detail/im2col.hpp"
 #include "gradcam/detail/parallel.hpp"
 
@@ -165,10 +165,10 @@ void winograd_conv3x3(const T* x, const ConvGeometry& g, const T* u, index_t out
             }
         });
 
-        // M_e = U_e V_e: 16 products on separate threads (each single-threaded inside).
+        // M_e = U_e V_e: 16 products on separate threads, or one after another, each threaded.
         parallel_for(16, parallel, [&](index_t e, int) {
-            matrix(m + e * K * tiles, K, tiles).noalias() =
-                matrix(u + e * K * C, K, C) * matrix(v + e * C * tiles, C, tiles);
+            gemm(view(u + e * K * C, K, C), view(v + e * C * tiles, C, tiles), m + e * K * tiles,
+                 tiles, false, !parallel);
         });
 
         // Y = A^T M A with A^T = [1 1 1 0; 0 1 -1 -1], cut to the output's edge; a row of

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "gradcam/detail/eigen.hpp"
+#include "gradcam/detail/gemm.hpp"
 #include "gradcam/detail/im2col.hpp"
 #include "gradcam/detail/parallel.hpp"
 #include "gradcam/detail/winograd.hpp"
@@ -93,15 +94,15 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
         kernels = Tensor<T>::uninitialized(Shape{16, out_channels, g.channels});
         detail::winograd_kernels(ws, out_channels, g.channels, false, kernels.data());
     }
-    // Images in parallel when there are several; a single image's GEMM is threaded by Eigen.
+    // Images in parallel when there are several; a single image's GEMM is threaded inside.
     // Each image is lowered a tile of output rows at a time, so the buffer stays small.
     detail::parallel_for(batch * groups, batch > 1, [&](index_t item, int) {
         const index_t gi = item % groups;
         const T* x_group = xs + item * in_plane;
-        const auto w_g = detail::matrix(ws + gi * group_out * g.rows(), group_out, g.rows());
+        const auto w_g = detail::view(ws + gi * group_out * g.rows(), group_out, g.rows());
         T* y_group = y.data() + item * out_plane;
         if (g.is_pointwise()) {
-            detail::matrix(y_group, group_out, g.cols()).noalias() = w_g * detail::matrix(x_group, g.rows(), g.cols());
+            detail::gemm(w_g, detail::view(x_group, g.rows(), g.cols()), y_group, g.cols(), false);
         } else if (winograd) {
             T* scratch = detail::thread_scratch<T>(detail::winograd_scratch_size(g, group_out));
             detail::winograd_conv3x3(x_group, g, kernels.data(), group_out, y_group, false, scratch);
@@ -110,8 +111,8 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
             for (index_t oh0 = 0; oh0 < g.out_h; oh0 += rows_per_tile) {
                 const index_t oh1 = std::min(g.out_h, oh0 + rows_per_tile), cols = (oh1 - oh0) * g.out_w;
                 detail::im2col(x_group, g, col, oh0, oh1);
-                detail::matrix(y_group + oh0 * g.out_w, group_out, cols, g.cols()).noalias() =
-                    w_g * detail::matrix(col, g.rows(), cols);
+                detail::gemm(w_g, detail::view(col, g.rows(), cols), y_group + oh0 * g.out_w,
+                             g.cols(), false);
             }
         }
         if (bias)
@@ -148,19 +149,18 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
         detail::parallel_for(batch * groups, parallel, [&](index_t item, int thread) {
             const index_t gi = item % groups;
             const T* dy_group = dy.data() + item * out_plane;
-            const auto w_g = detail::matrix(wv.data() + gi * group_out * g.rows(), group_out, g.rows());
+            const auto w_g = detail::view(wv.data() + gi * group_out * g.rows(), group_out, g.rows());
             const T* x_group = xv.data() + item * in_plane;
-            auto dw_g = want_w ? detail::matrix(dw_partial[static_cast<std::size_t>(thread)].data() +
-                                                    gi * group_out * g.rows(),
-                                                group_out, g.rows())
-                               : detail::matrix(static_cast<T*>(nullptr), 0, 0);
+            T* dw_g = want_w ? dw_partial[static_cast<std::size_t>(thread)].data() +
+                                   gi * group_out * g.rows()
+                             : nullptr;
             if (g.is_pointwise()) {
-                const auto dy_g = detail::matrix(dy_group, group_out, g.cols());
+                const auto dy_g = detail::view(dy_group, group_out, g.cols());
                 if (want_x)
-                    detail::assign_or_add(
-                        detail::matrix(dx + item * in_plane, g.rows(), g.cols()).noalias(),
-                        w_g.transpose() * dy_g, fresh);
-                if (want_w) dw_g.noalias() += dy_g * detail::matrix(x_group, g.rows(), g.cols()).transpose();
+                    detail::gemm(w_g.transposed(), dy_g, dx + item * in_plane, g.cols(), !fresh);
+                if (want_w)
+                    detail::gemm(dy_g, detail::view(x_group, g.rows(), g.cols()).transposed(), dw_g,
+                                 g.rows(), true);
                 return;
             }
             if (winograd_dx) {
@@ -172,14 +172,15 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
             T* col = detail::thread_scratch<T>(g.rows() * rows_per_tile * g.out_w);
             for (index_t oh0 = 0; oh0 < g.out_h; oh0 += rows_per_tile) {
                 const index_t oh1 = std::min(g.out_h, oh0 + rows_per_tile), cols = (oh1 - oh0) * g.out_w;
-                const auto dy_tile = detail::matrix(dy_group + oh0 * g.out_w, group_out, cols, g.cols());
+                const auto dy_tile = detail::view(dy_group + oh0 * g.out_w, group_out, cols, g.cols());
                 if (want_x && !winograd_dx) {
-                    detail::matrix(col, g.rows(), cols).noalias() = w_g.transpose() * dy_tile;
+                    detail::gemm(w_g.transposed(), dy_tile, col, cols, false);
                     detail::col2im_add(col, g, dx + item * in_plane, oh0, oh1);
                 }
                 if (want_w) {
                     detail::im2col(x_group, g, col, oh0, oh1);
-                    dw_g.noalias() += dy_tile * detail::matrix(col, g.rows(), cols).transpose();
+                    detail::gemm(dy_tile, detail::view(col, g.rows(), cols).transposed(), dw_g,
+                                 g.rows(), true);
                 }
             }
         });

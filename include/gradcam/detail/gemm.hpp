@@ -1,0 +1,316 @@
+// The matrix product C = A B (or C += A B) that convolutions are lowered to.
+//
+// Eigen's GEMM reaches 60-65% of this machine's peak on the shapes of a ResNet (a 48x4 register
+// tile, and two threads that share one packed operand); the product below reaches 80-90%. It is
+// the usual blocked scheme (Goto and van de Geijn, "Anatomy of high-performance matrix
+// multiplication", TOMS 2008): A and B are copied in blocks into "packed" panels whose layout is
+// the order the inner loop reads them in, and a micro-kernel keeps an MR x NR tile of C in
+// vector registers while it runs down the shared dimension. Threads split C in two along its
+// longer side, each packing its own operands; nothing is shared, nothing waits.
+//
+// Operands are strided views, so transposed operands (the backward passes) cost nothing extra.
+// The kernel is written with GCC/Clang vector extensions, sized to the widest vector the
+// compiler targets; other compilers, and element types other than float and double, use Eigen.
+#pragma once
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+
+#if defined(__GNUC__) && defined(__AVX__)
+#include <immintrin.h>
+#endif
+
+#include "gradcam/detail/eigen.hpp"
+#include "gradcam/detail/parallel.hpp"
+
+namespace gradcam::detail {
+
+// A read-only matrix operand: element (i, k) is data[i * row_stride + k * col_stride].
+template <class T>
+struct MatrixView {
+    const T* data = nullptr;
+    index_t rows = 0, cols = 0, row_stride = 0, col_stride = 1;
+
+    MatrixView transposed() const { return {data, cols, rows, col_stride, row_stride}; }
+    const T& operator()(index_t i, index_t k) const { return data[i * row_stride + k * col_stride]; }
+};
+
+// A rows x cols row-major matrix, or one whose rows start `stride` values apart.
+template <class T>
+MatrixView<T> view(const T* data, index_t rows, index_t cols) {
+    return {data, rows, cols, cols, 1};
+}
+template <class T>
+MatrixView<T> view(const T* data, index_t rows, index_t cols, index_t stride) {
+    return {data, rows, cols, stride, 1};
+}
+
+#if defined(__GNUC__)
+#define GRADCAM_OWN_GEMM 1
+
+#if defined(__AVX512F__)
+inline constexpr int gemm_vector_bytes = 64;
+#elif defined(__AVX__)
+inline constexpr int gemm_vector_bytes = 32;
+#else
+inline constexpr int gemm_vector_bytes = 16;
+#endif
+
+template <class T>
+struct GemmKernel {
+    // Unaligned: packed panels are aligned, C and the operands need not be.
+    typedef T Vec __attribute__((vector_size(gemm_vector_bytes), aligned(sizeof(T))));
+    static constexpr index_t lanes = gemm_vector_bytes / sizeof(T);
+    // The register tile: MR rows of two vectors each. 24 accumulators of the 32 AVX-512
+    // registers, or 12 of the 16 below it; the rest hold B's row and A's broadcast value.
+    static constexpr index_t vectors = 2, nr = vectors * lanes, mr = gemm_vector_bytes == 64 ? 12 : 6;
+    // Blocks: a kc x nr panel of B stays in L1 while the mc x kc block of A (in L2) streams
+    // past it; the kc x nc panel of B lives in L2/L3.
+    static constexpr index_t kc = 256, mc = 8 * mr, nc = 16 * nr;
+
+    // Spelled with intrinsics where there are some: GCC makes a chain of masked moves of the
+    // portable forms.
+    static Vec broadcast(T x) {
+#if defined(__AVX512F__)
+        if constexpr (gemm_vector_bytes == 64 && std::is_same_v<T, float>) return _mm512_set1_ps(x);
+        if constexpr (gemm_vector_bytes == 64 && std::is_same_v<T, double>) return _mm512_set1_pd(x);
+#elif defined(__AVX__)
+        if constexpr (gemm_vector_bytes == 32 && std::is_same_v<T, float>) return _mm256_set1_ps(x);
+        if constexpr (gemm_vector_bytes == 32 && std::is_same_v<T, double>) return _mm256_set1_pd(x);
+#endif
+        Vec v;
+        for (index_t i = 0; i < lanes; ++i) v[i] = x;
+        return v;
+    }
+
+    static Vec multiply_add(Vec a, Vec b, Vec c) {
+#if defined(__AVX512F__)
+        if constexpr (gemm_vector_bytes == 64 && std::is_same_v<T, float>)
+            return _mm512_fmadd_ps(a, b, c);
+        if constexpr (gemm_vector_bytes == 64 && std::is_same_v<T, double>)
+            return _mm512_fmadd_pd(a, b, c);
+#elif defined(__FMA__) && defined(__AVX__)
+        if constexpr (gemm_vector_bytes == 32 && std::is_same_v<T, float>)
+            return _mm256_fmadd_ps(a, b, c);
+        if constexpr (gemm_vector_bytes == 32 && std::is_same_v<T, double>)
+            return _mm256_fmadd_pd(a, b, c);
+#endif
+        return a * b + c;
+    }
+
+    // Rows [i0, i0 + rows) and columns [k0, k0 + depth) of A, as panels of mr rows: for each k,
+    // the panel's mr values of column k (rows past the end are zeros). Read along A's memory
+    // (down its rows, or across its columns when it is stored by columns).
+    static void pack_a(const MatrixView<T>& a, index_t i0, index_t rows, index_t k0, index_t depth,
+                       T* out) {
+        for (index_t ip = 0; ip < rows; ip += mr, out += mr * depth) {
+            const index_t m = std::min(mr, rows - ip);
+            if (a.row_stride == 1 && m == mr) {
+                for (index_t k = 0; k < depth; ++k)
+                    std::memcpy(out + k * mr, &a(i0 + ip, k0 + k), mr * sizeof(T));
+                continue;
+            }
+            for (index_t r = 0; r < m; ++r) {
+                const T* src = &a(i0 + ip + r, k0);
+                for (index_t k = 0; k < depth; ++k) out[k * mr + r] = src[k * a.col_stride];
+            }
+            for (index_t r = m; r < mr; ++r)
+                for (index_t k = 0; k < depth; ++k) out[k * mr + r] = T(0);
+        }
+    }
+
+    // Rows [k0, k0 + depth) and columns [j0, j0 + cols) of B, as panels of nr columns: for each
+    // k, the panel's nr values of row k (columns past the end are zeros). B is read along its
+    // memory: a row at a time when it is stored by rows, a column at a time when by columns.
+    // Going across instead would touch a new cache line per value.
+    static void pack_b(const MatrixView<T>& b, index_t k0, index_t depth, index_t j0, index_t cols,
+                       T* out) {
+        const index_t panels = (cols + nr - 1) / nr;
+        if (b.row_stride == 1 && b.col_stride != 1) {
+            for (index_t p = 0; p < panels; ++p) {
+                T* panel = out + p * depth * nr;
+                const index_t n = std::min(nr, cols - p * nr);
+                for (index_t j = 0; j < nr; ++j) {
+                    if (j >= n) {
+                        for (index_t k = 0; k < depth; ++k) panel[k * nr + j] = T(0);
+                        continue;
+                    }
+                    const T* column = &b(k0, j0 + p * nr + j);
+                    for (index_t k = 0; k < depth; ++k) panel[k * nr + j] = column[k];
+                }
+            }
+            return;
+        }
+        for (index_t k = 0; k < depth; ++k) {
+            const T* src = &b(k0 + k, j0);
+            for (index_t p = 0; p < panels; ++p) {
+                T* row = out + (p * depth + k) * nr;
+                const index_t n = std::min(nr, cols - p * nr);
+                const T* from = src + p * nr * b.col_stride;
+                if (b.col_stride == 1 && n == nr) {
+                    std::memcpy(row, from, nr * sizeof(T));  // a fixed size: inlined, no call
+                    continue;
+                }
+                for (index_t j = 0; j < n; ++j) row[j] = from[j * b.col_stride];
+                std::fill(row + n, row + nr, T(0));
+            }
+        }
+    }
+
+    // C's m x n tile (m <= mr, n <= nr) = or += the product of one panel of A and one of B.
+    static void micro_kernel(index_t depth, const T* a, const T* b, T* c, index_t ldc,
+                             bool accumulate, index_t m, index_t n) {
+        Vec acc[mr][vectors];
+        for (auto& row : acc)
+            for (Vec& v : row) v = Vec{};
+        for (index_t k = 0; k < depth; ++k, a += mr, b += nr) {
+            Vec bk[vectors];
+            for (index_t v = 0; v < vectors; ++v) std::memcpy(&bk[v], b + v * lanes, sizeof(Vec));
+#pragma GCC unroll 16
+            for (index_t r = 0; r < mr; ++r) {
+                const Vec ar = broadcast(a[r]);
+                for (index_t v = 0; v < vectors; ++v) acc[r][v] = multiply_add(ar, bk[v], acc[r][v]);
+            }
+        }
+        if (m == mr && n == nr) {
+            for (index_t r = 0; r < mr; ++r)
+                for (index_t v = 0; v < vectors; ++v) {
+                    T* out = c + r * ldc + v * lanes;
+                    Vec value = acc[r][v];
+                    if (accumulate) {
+                        Vec old;
+                        std::memcpy(&old, out, sizeof(Vec));
+                        value += old;
+                    }
+                    std::memcpy(out, &value, sizeof(Vec));
+                }
+            return;
+        }
+        for (index_t r = 0; r < m; ++r)
+            for (index_t j = 0; j < n; ++j) {
+                const T value = acc[r][j / lanes][j % lanes];
+                c[r * ldc + j] = accumulate ? c[r * ldc + j] + value : value;
+            }
+    }
+
+    // One thread's product of the whole of a and b into c.
+    static void run(const MatrixView<T>& a, const MatrixView<T>& b, T* c, index_t ldc,
+                    bool accumulate) {
+        const index_t M = a.rows, K = a.cols, N = b.cols;
+        T* packed_a = thread_scratch<T, 1>(mc * kc);
+        T* packed_b = thread_scratch<T, 2>(kc * ((std::min(nc, N) + nr - 1) / nr * nr));
+        for (index_t jc = 0; jc < N; jc += nc) {
+            const index_t cols = std::min(nc, N - jc);
+            for (index_t pc = 0; pc < K; pc += kc) {
+                const index_t depth = std::min(kc, K - pc);
+                const bool add = accumulate || pc > 0;
+                pack_b(b, pc, depth, jc, cols, packed_b);
+                for (index_t ic = 0; ic < M; ic += mc) {
+                    const index_t rows = std::min(mc, M - ic);
+                    pack_a(a, ic, rows, pc, depth, packed_a);
+                    for (index_t jr = 0; jr < cols; jr += nr)
+                        for (index_t ir = 0; ir < rows; ir += mr)
+                            micro_kernel(depth, packed_a + ir * depth, packed_b + jr * depth,
+                                         c + (ic + ir) * ldc + jc + jr, ldc, add,
+                                         std::min(mr, rows - ir), std::min(nr, cols - jr));
+                }
+            }
+        }
+    }
+};
+#endif
+
+// The product by Eigen, with each operand mapped in the storage order it has, so that Eigen's
+// own GEMM (which needs unit inner strides) reads it in place.
+template <class T, class Body>
+void with_eigen_map(const MatrixView<T>& m, Body&& body) {
+    using Dynamic = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    using DynamicColumns = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
+    if (m.col_stride == 1)
+        body(Eigen::Map<const Dynamic, 0, Eigen::OuterStride<>>(m.data, m.rows, m.cols,
+                                                                Eigen::OuterStride<>(m.row_stride)));
+    else if (m.row_stride == 1)
+        body(Eigen::Map<const DynamicColumns, 0, Eigen::OuterStride<>>(
+            m.data, m.rows, m.cols, Eigen::OuterStride<>(m.col_stride)));
+    else
+        body(Eigen::Map<const Dynamic, 0, Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>>(
+            m.data, m.rows, m.cols,
+            Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>(m.row_stride, m.col_stride)));
+}
+
+template <class T>
+void eigen_gemm(const MatrixView<T>& a, const MatrixView<T>& b, T* c, index_t ldc, bool accumulate) {
+    auto cm = matrix(c, a.rows, b.cols, ldc);
+    with_eigen_map(a, [&](const auto& am) {
+        with_eigen_map(b, [&](const auto& bm) {
+            if (accumulate)
+                cm.noalias() += am * bm;
+            else
+                cm.noalias() = am * bm;
+        });
+    });
+}
+
+#if defined(GRADCAM_OWN_GEMM)
+// c = (or +=) a b, by GemmKernel, each thread taking a part of C: a range of its columns when
+// it is at least as wide as tall (so each packs all of A, the smaller operand then), else a
+// range of its rows.
+template <class T>
+void gemm_parts(const MatrixView<T>& a, const MatrixView<T>& b, T* c, index_t ldc,
+                bool accumulate, bool parallel) {
+    using Kernel = GemmKernel<T>;
+    const index_t M = a.rows, N = b.cols, K = a.cols;
+    const bool by_columns = N >= M;
+    const index_t unit = by_columns ? Kernel::nr : Kernel::mr;
+    const index_t units = ((by_columns ? N : M) + unit - 1) / unit;
+    const int threads = parallel_threads(units, parallel && M * N * K >= (index_t(1) << 20));
+    parallel_for(threads, threads > 1, [&](index_t part, int) {
+        const index_t first = units * part / threads * unit,
+                      last = std::min(units * (part + 1) / threads * unit, by_columns ? N : M);
+        if (first >= last) return;
+        if (by_columns) {
+            MatrixView<T> b_part = b;
+            b_part.data = &b(0, first);
+            b_part.cols = last - first;
+            Kernel::run(a, b_part, c + first, ldc, accumulate);
+        } else {
+            MatrixView<T> a_part = a;
+            a_part.data = &a(first, 0);
+            a_part.rows = last - first;
+            Kernel::run(a_part, b, c + first * ldc, ldc, accumulate);
+        }
+    });
+}
+#endif
+
+// c (a.rows x b.cols, rows ldc apart) = a b, or += with `accumulate`. With `parallel`, the
+// threads each take a part of C: a range of its columns when it is at least as wide as tall
+// (so each packs all of A, the smaller operand then), else a range of its rows.
+template <class T>
+void gemm(const MatrixView<T>& a, const MatrixView<T>& b, T* c, index_t ldc, bool accumulate,
+          bool parallel = true) {
+    const index_t M = a.rows, N = b.cols, K = a.cols;
+    if (M == 0 || N == 0) return;
+    if (K == 0) {
+        if (!accumulate)
+            for (index_t i = 0; i < M; ++i) std::fill_n(c + i * ldc, N, T(0));
+        return;
+    }
+#if defined(GRADCAM_OWN_GEMM)
+    // A narrow C (a 7x7 feature map has 49 columns) would waste a third of the register tile's
+    // width on padding: Eigen's narrower tile does better there (measured on ResNet-50's
+    // layer4, whose products also use each weight too few times to pay for packing it).
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+        constexpr index_t nr = GemmKernel<T>::nr;
+        if (5 * ((N + nr - 1) / nr * nr) <= 6 * N) {
+            gemm_parts(a, b, c, ldc, accumulate, parallel);
+            return;
+        }
+    }
+#endif
+    eigen_gemm(a, b, c, ldc, accumulate);
+    (void)parallel;  // Eigen threads its products itself
+}
+
+}  // namespace gradcam::detail
