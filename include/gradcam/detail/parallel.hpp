@@ -64,6 +64,18 @@ void parallel_for(index_t count, bool parallel, Body&& body) {
 #endif
 }
 
+// Calls body(begin, count) on consecutive chunks of parallel_grain values (the last may be
+// shorter) that cover [0, size), on several threads when there is more than one chunk: for
+// elementwise ops.
+template <class Body>
+void parallel_chunks(index_t size, Body&& body) {
+    const index_t chunks = (size + parallel_grain - 1) / parallel_grain;
+    parallel_for(chunks, chunks > 1, [&](index_t chunk, int) {
+        const index_t begin = chunk * parallel_grain;
+        body(begin, std::min(parallel_grain, size - begin));
+    });
+}
+
 // A buffer of at least `count` values for the calling thread, reused across calls, its
 // contents unspecified. One per thread, element type and slot: code that holds one while
 // calling code that takes another uses a different slot (gemm takes slots 1 and 2).

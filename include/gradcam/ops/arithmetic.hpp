@@ -3,6 +3,7 @@
 #pragma once
 
 #include "gradcam/detail/eigen.hpp"
+#include "gradcam/detail/parallel.hpp"
 #include "gradcam/tape.hpp"
 
 namespace gradcam {
@@ -12,18 +13,21 @@ template <class T>
 Var<T> add(const Var<T>& a, const Var<T>& b) {
     detail::expect_same_shape(a.shape(), b.shape(), "add");
     Tensor<T> y = Tensor<T>::uninitialized(a.shape());
-    const index_t n = y.size();
-    detail::array(y.data(), n) =
-        detail::array(a.value().data(), n) + detail::array(b.value().data(), n);
+    detail::parallel_chunks(y.size(), [&](index_t begin, index_t count) {
+        detail::array(y.data() + begin, count) = detail::array(a.value().data() + begin, count) +
+                                                 detail::array(b.value().data() + begin, count);
+    });
     return a.tape().record("add", std::move(y), {a, b},
                            [](const Node<T>&, const Tensor<T>& dy, GradientSink<T>& sink) {
-                               const index_t n = dy.size();
                                for (std::size_t i : {0u, 1u}) {
                                    if (!sink.wants(i)) continue;
                                    bool fresh = false;
                                    T* dx = sink.of(i, fresh).data();  // sets fresh first
-                                   detail::assign_or_add(detail::array(dx, n),
-                                                         detail::array(dy.data(), n), fresh);
+                                   detail::parallel_chunks(dy.size(), [&](index_t begin, index_t count) {
+                                       detail::assign_or_add(detail::array(dx + begin, count),
+                                                             detail::array(dy.data() + begin, count),
+                                                             fresh);
+                                   });
                                }
                            });
 }

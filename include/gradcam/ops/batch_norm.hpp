@@ -95,7 +95,11 @@ Var<T> normalise_channels(const Var<T>& x, const Var<T>& gamma, const Var<T>& be
             }
         });
     };
-    std::vector<Var<T>> inputs{x};
+    // Reserved first: GCC 12 misreads push_back after a one-element initializer list as
+    // writing out of bounds (-Warray-bounds).
+    std::vector<Var<T>> inputs;
+    inputs.reserve(3);
+    inputs.push_back(x);
     if (gamma) inputs.push_back(gamma);
     if (beta) inputs.push_back(beta);
     return x.tape().record(batch_statistics ? "batch_norm2d (training)" : "batch_norm2d",

@@ -18,10 +18,7 @@ namespace gradcam {
 template <class T>
 Var<T> relu(const Var<T>& x) {
     Tensor<T> y = Tensor<T>::uninitialized(x.shape());
-    const index_t n = y.size(), chunks = (n + detail::parallel_grain - 1) / detail::parallel_grain;
-    detail::parallel_for(chunks, chunks > 1, [&](index_t chunk, int) {
-        const index_t begin = chunk * detail::parallel_grain,
-                      count = std::min(detail::parallel_grain, n - begin);
+    detail::parallel_chunks(y.size(), [&](index_t begin, index_t count) {
         detail::array(y.data() + begin, count) =
             detail::array(x.value().data() + begin, count).max(T(0));
     });
@@ -29,14 +26,10 @@ Var<T> relu(const Var<T>& x) {
         "relu", std::move(y), {x},
         [](const Node<T>& self, const Tensor<T>& dy, GradientSink<T>& sink) {
             if (!sink.wants(0)) return;
-            const index_t n = dy.size(),
-                          chunks = (n + detail::parallel_grain - 1) / detail::parallel_grain;
             bool fresh = false;
             T* dx_all = sink.of(0, fresh).data();
             const ReluRule rule = sink.options().relu;
-            detail::parallel_for(chunks, chunks > 1, [&](index_t chunk, int) {
-                const index_t begin = chunk * detail::parallel_grain,
-                              count = std::min(detail::parallel_grain, n - begin);
+            detail::parallel_chunks(dy.size(), [&](index_t begin, index_t count) {
                 auto out = detail::array(self.value().data() + begin, count);
                 auto g = detail::array(dy.data() + begin, count);
                 auto dx = detail::array(dx_all + begin, count);
