@@ -9,6 +9,7 @@
 #include <chrono>
 #include <gradcam/models/torchvision.hpp>
 #include <limits>
+#include <map>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -112,10 +113,17 @@ void resnet50(benchmark::State& state, Method method) {
 // Every convolution of ResNet-50 at 224x224, batch 1, as separate conv2d calls: the share of
 // the machine's GEMM speed the convolutions reach (compare with eigen_gemm below). The rate
 // counts the direct convolution's multiply-adds, also where Winograd does fewer: it is the
-// effective rate, what a user waits for.
+// effective rate, what a user waits for. Each shape's fastest call is reported too, as a
+// counter "ms <in>-><out> <k>x<k> s<stride> <h>x<w> x<count>", which scripts/bench_compare
+// sets beside PyTorch's time for the same convolution.
 void resnet50_convolutions(benchmark::State& state) {
     auto& net = resnet50_network();
-    std::vector<std::pair<Tensor<float>, nn::Conv2d<float>*>> layers;
+    struct Layer {
+        Tensor<float> x;
+        nn::Conv2d<float>* conv;
+        std::string shape;
+    };
+    std::vector<Layer> layers;
     Tape<float> tape;
     std::vector<nn::Conv2d<float>*> convs;
     for (nn::Module<float>* m : net.modules())
@@ -125,20 +133,32 @@ void resnet50_convolutions(benchmark::State& state) {
         }
     net(tape.constant(input(1)));
     double macs = 0;
+    std::map<std::string, std::pair<double, int>> by_shape;  // fastest call, count
     for (nn::Conv2d<float>* conv : convs) {
         const Shape out = tape.find(conv->path()).shape();
         const Tensor<float>& w = conv->weight();
-        const index_t stride = conv->options().stride.h;
-        layers.emplace_back(Tensor<float>(Shape{1, w.dim(1), out[2] * stride, out[3] * stride}, 0.5f), conv);
+        const index_t stride = conv->options().stride.h, h = out[2] * stride, width = out[3] * stride;
+        std::string shape = std::to_string(w.dim(1)) + "->" + std::to_string(w.dim(0)) + " " +
+                            std::to_string(w.dim(2)) + "x" + std::to_string(w.dim(3)) + " s" +
+                            std::to_string(stride) + " " + std::to_string(h) + "x" + std::to_string(width);
+        layers.push_back({Tensor<float>(Shape{1, w.dim(1), h, width}, 0.5f), conv, shape});
+        by_shape.try_emplace(shape, std::numeric_limits<double>::infinity(), 0).first->second.second++;
         macs += static_cast<double>(out[1] * out[2] * out[3] * w.dim(1) * w.dim(2) * w.dim(3));
     }
     timed_iterations(state, 2 * macs, [&] {
-        for (auto& [x, conv] : layers) {
+        for (Layer& layer : layers) {
             Tape<float> t;
-            benchmark::DoNotOptimize(
-                conv2d(t.constant(x), t.constant(conv->weight()), conv->options()).value().data());
+            const auto start = std::chrono::steady_clock::now();
+            benchmark::DoNotOptimize(conv2d(t.constant(layer.x), t.constant(layer.conv->weight()),
+                                            layer.conv->options())
+                                         .value()
+                                         .data());
+            double& best = by_shape[layer.shape].first;
+            best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
         }
     });
+    for (const auto& [shape, entry] : by_shape)
+        state.counters["ms " + shape + " x" + std::to_string(entry.second)] = 1e3 * entry.first;
 }
 
 // Eigen's own large square GEMM on this machine, with the same threads: the reference speed.

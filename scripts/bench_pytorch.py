@@ -5,6 +5,7 @@ For each network and batch size: the forward pass under no_grad, and Grad-CAM th
 hook-based way (a forward hook keeps the target layer's output, a tensor hook its gradient,
 one backward from the summed top-class scores), once with parameter gradients (the default
 when nobody turns them off) and once without (requires_grad_(False) on every parameter).
+Then each distinct convolution of ResNet-50 alone, as bench/models' resnet50_convolutions.
 Prints one JSON object. Needs Debian's python3-torch and python3-torchvision.
 
     scripts/bench_pytorch.py [--threads 2] [--repeats 10]
@@ -86,7 +87,37 @@ def main():
                 p.requires_grad_(False)
             results["times_ms"][f"{key}/grad_cam"] = timed(lambda: grad_cam_no_params(model, x, layer),
                                                            args.repeats)
+    results["resnet50_convolutions_ms"] = convolution_times(args.repeats * 3)
     print(json.dumps(results, indent=1))
+
+
+def convolution_times(repeats):
+    """Each distinct convolution of ResNet-50 at 224x224, batch 1, alone under no_grad: the
+    fastest call per shape, keyed as bench/models' resnet50_convolutions names its counters."""
+    model = torchvision.models.resnet50().eval()
+    inputs = {}
+
+    def remember_input(module, args, _output):  # returns None: the output stays as it is
+        inputs.setdefault(module, args[0].shape)
+
+    hooks = [module.register_forward_hook(remember_input)
+             for module in model.modules() if isinstance(module, torch.nn.Conv2d)]
+    with torch.no_grad():
+        model(torch.randn(1, 3, 224, 224))
+    for hook in hooks:
+        hook.remove()
+    shapes = {}
+    for conv, shape in inputs.items():
+        key = (f"{conv.in_channels}->{conv.out_channels} {conv.kernel_size[0]}x{conv.kernel_size[1]}"
+               f" s{conv.stride[0]} {shape[2]}x{shape[3]}")
+        count = shapes[key][2] + 1 if key in shapes else 1
+        shapes[key] = (conv, shape, count)
+    times = {}
+    with torch.no_grad():
+        for key, (conv, shape, count) in shapes.items():
+            x = torch.randn(*shape)
+            times[f"{key} x{count}"] = timed(lambda: conv(x), repeats)
+    return times
 
 
 def grad_cam_no_params(model, x, layer):
