@@ -156,7 +156,8 @@ TEST_CASE("ops: conv2d by Winograd F(2x2, 3x3) equals the direct sum, forward an
 // assigning and accumulating, against a sum in long double.
 template <class T>
 void check_gemm(index_t M, index_t N, index_t K, bool a_by_columns, bool b_by_columns,
-                bool accumulate, bool parallel, Random& random, double tolerance) {
+                bool accumulate, bool parallel, Random& random, double tolerance,
+                bool own_kernel = false) {
     std::vector<T> a(static_cast<std::size_t>(M * K)), b(static_cast<std::size_t>(K * N)),
         c(static_cast<std::size_t>(M * (N + 3)));
     for (T& v : a) v = static_cast<T>(random.normal());
@@ -166,7 +167,14 @@ void check_gemm(index_t M, index_t N, index_t K, bool a_by_columns, bool b_by_co
     const auto bv = b_by_columns ? detail::view(b.data(), N, K).transposed() : detail::view(b.data(), K, N);
     const std::vector<T> before = c;
     const index_t ldc = N + 3;  // C is a block of a wider matrix: the 3 extra columns stay
-    detail::gemm(av, bv, c.data(), ldc, accumulate, parallel);
+#if defined(GRADCAM_DETAIL_OWN_GEMM)
+    // The register-tiled kernel itself for every shape, also those gemm() gives to Eigen
+    // (K = 0 never reaches it).
+    if (own_kernel && K > 0)
+        detail::gemm_parts(av, bv, c.data(), ldc, accumulate, parallel);
+    else
+#endif
+        detail::gemm(av, bv, c.data(), ldc, accumulate, parallel);
     for (index_t i = 0; i < M; ++i)
         for (index_t j = 0; j < ldc; ++j) {
             const std::size_t at = static_cast<std::size_t>(i * ldc + j);
@@ -191,12 +199,17 @@ TEST_CASE("ops: gemm equals the direct sum for every tile edge, storage order an
             for (const index_t K : {0, 1, 7, 300})
                 for (int flags = 0; flags < 16; ++flags) {
                     const bool a_cols = flags & 1, b_cols = flags & 2, acc = flags & 4, par = flags & 8;
-                    check_gemm<double>(M, N, K, a_cols, b_cols, acc, par, random, 1e-14);
-                    check_gemm<float>(M, N, K, a_cols, b_cols, acc, par, random, 1e-6);
+                    for (const bool own : {false, true}) {
+                        check_gemm<double>(M, N, K, a_cols, b_cols, acc, par, random, 1e-14, own);
+                        check_gemm<float>(M, N, K, a_cols, b_cols, acc, par, random, 1e-6, own);
+                    }
                 }
-    // Larger than one block of every kind (kc, mc, nc), so each loop runs more than once.
+    // Larger than one block of every kind (kc, mc, nc), so each loop runs more than once, and
+    // large enough to be split over threads: by columns (wider than tall), then by rows.
     check_gemm<float>(200, 1100, 600, false, false, true, true, random, 1e-6);
     check_gemm<double>(130, 700, 300, true, true, false, true, random, 1e-14);
+    check_gemm<float>(1100, 200, 600, true, false, false, true, random, 1e-6);
+    check_gemm<double>(700, 130, 300, false, true, true, true, random, 1e-14);
 }
 
 TEST_CASE("ops: max_pool2d gives the same values with and without a recorded backward") {

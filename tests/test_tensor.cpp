@@ -2,6 +2,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cstdint>
 
 #include "gradcam/tensor.hpp"
 
@@ -59,35 +60,43 @@ TEST_CASE("tensor: errors name the shape and the offending index") {
 TEST_CASE("tensor: large buffers are reused by size, within the cache's limit") {
     using gradcam::detail::BufferCache;
     gradcam::release_buffer_cache();
+    const std::size_t saved = gradcam::buffer_cache_limit();
+    gradcam::set_buffer_cache_limit(std::size_t(256) << 20);  // on, also under ASan
     const index_t large = index_t(1) << 17;  // 512 KiB of float: cached
-    const float* first = nullptr;
+    const std::size_t block = BufferCache::rounded(large * sizeof(float));
+    auto address = [](const Tensor<float>& t) { return reinterpret_cast<std::uintptr_t>(t.data()); };
+    std::uintptr_t first = 0;
     {
-        Tensor<float> t(Shape{large});
-        first = t.data();
+        Tensor<float> t(Shape{large}, 7.0f);
+        first = address(t);
     }
-    CHECK(gradcam::buffer_cache_size() == BufferCache::rounded(large * sizeof(float)));
+    CHECK(gradcam::buffer_cache_size() == block);
     {
-        const Tensor<float> again = Tensor<float>::uninitialized(Shape{2, large / 2});
-        CHECK(again.data() == first);  // same byte size: the kept block
-        CHECK(gradcam::buffer_cache_size() == 0);
-        const Tensor<float> zeros(Shape{large});  // a fresh or reused block is still zeroed
+        const Tensor<float> zeros(Shape{2, large / 2});  // same byte size: the kept block,
+        CHECK(address(zeros) == first);                   // zeroed again
         CHECK(std::all_of(zeros.begin(), zeros.end(), [](float v) { return v == 0; }));
+        CHECK(gradcam::buffer_cache_size() == 0);
+        const Tensor<float> larger(Shape{large + 2048});  // a larger size: not that block
+        CHECK(address(larger) != first);
     }
+    CHECK(gradcam::buffer_cache_size() == block + BufferCache::rounded((large + 2048) * sizeof(float)));
     // Small buffers are left to malloc.
     { Tensor<float> small(Shape{1000}); }
-    CHECK(gradcam::buffer_cache_size() == 2 * BufferCache::rounded(large * sizeof(float)));
+    CHECK(gradcam::buffer_cache_size() == block + BufferCache::rounded((large + 2048) * sizeof(float)));
 
-    const std::size_t saved = gradcam::buffer_cache_limit();
-    gradcam::set_buffer_cache_limit(BufferCache::rounded(large * sizeof(float)));
-    CHECK(gradcam::buffer_cache_size() <= gradcam::buffer_cache_limit());
+    // At the limit, a freed block takes the place of blocks of other sizes.
+    gradcam::set_buffer_cache_limit(block);
+    CHECK(gradcam::buffer_cache_size() <= block);
+    { Tensor<float> t(Shape{large / 2 + 1024}); }
+    CHECK(gradcam::buffer_cache_size() == BufferCache::rounded((large / 2 + 1024) * sizeof(float)));
     gradcam::set_buffer_cache_limit(0);
     CHECK(gradcam::buffer_cache_size() == 0);
     { Tensor<float> t(Shape{large}); }
     CHECK(gradcam::buffer_cache_size() == 0);  // off: freed at once
-    gradcam::set_buffer_cache_limit(saved);
+    gradcam::set_buffer_cache_limit(std::size_t(256) << 20);
     { Tensor<float> t(Shape{large}); }
     CHECK(gradcam::buffer_cache_size() > 0);
     gradcam::release_buffer_cache();
     CHECK(gradcam::buffer_cache_size() == 0);
-    CHECK(gradcam::buffer_cache_limit() == saved);
+    gradcam::set_buffer_cache_limit(saved);
 }

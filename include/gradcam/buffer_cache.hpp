@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdlib>
 #include <iterator>
+#include <limits>
 #include <mutex>
 #include <new>
 #include <unordered_map>
@@ -33,6 +34,7 @@ class BufferCache {
     // The size a request of `bytes` is served with (and must be released with).
     static std::size_t rounded(std::size_t bytes) {
         const std::size_t unit = bytes >= min_cached_bytes ? page : alignment;
+        if (bytes > std::numeric_limits<std::size_t>::max() - unit) throw std::bad_alloc();
         return (bytes + unit - 1) / unit * unit;
     }
 
@@ -56,13 +58,27 @@ class BufferCache {
         return p;
     }
 
-    void release(void* p, std::size_t bytes) {
+    // Keeps the block, making room by freeing blocks of other sizes if need be (a size that
+    // is being freed is likely to be asked for again; stale sizes, after the input size
+    // changed, are not). Called from destructors: never throws.
+    void release(void* p, std::size_t bytes) noexcept {
         if (bytes >= min_cached_bytes) {
-            std::lock_guard lock(mutex_);
-            if (cached_ + bytes <= limit_) {
-                free_[bytes].push_back(p);
-                cached_ += bytes;
-                return;
+            try {
+                std::lock_guard lock(mutex_);
+                if (bytes <= limit_) {
+                    for (auto it = free_.begin(); cached_ + bytes > limit_ && it != free_.end();) {
+                        while (!it->second.empty() && cached_ + bytes > limit_) {
+                            std::free(it->second.back());
+                            it->second.pop_back();
+                            cached_ -= it->first;
+                        }
+                        it = it->second.empty() ? free_.erase(it) : std::next(it);
+                    }
+                    free_[bytes].push_back(p);
+                    cached_ += bytes;
+                    return;
+                }
+            } catch (...) {  // no memory for the bookkeeping, or the lock failed: just free
             }
         }
         std::free(p);
@@ -106,7 +122,11 @@ class BufferCache {
     std::mutex mutex_;
     std::unordered_map<std::size_t, std::vector<void*>> free_;  // by exact (rounded) size
     std::size_t cached_ = 0;
+#if defined(__SANITIZE_ADDRESS__)
+    std::size_t limit_ = 0;  // reused blocks would hide use-after-free from AddressSanitizer
+#else
     std::size_t limit_ = std::size_t(256) << 20;
+#endif
 };
 
 }  // namespace detail
@@ -114,8 +134,9 @@ class BufferCache {
 // Bytes of freed tensor buffers kept for reuse (at most buffer_cache_limit()).
 inline std::size_t buffer_cache_size() { return detail::BufferCache::instance().size(); }
 
-// At most this many bytes are kept (256 MiB unless set); 0 turns the cache off. Lowering the
-// limit frees what is over it at once.
+// At most this many bytes are kept (256 MiB unless set; 0 under AddressSanitizer); 0 turns
+// the cache off. Lowering the limit frees what is over it at once. When a freed block does not
+// fit, blocks of other sizes are given back to make room.
 inline std::size_t buffer_cache_limit() { return detail::BufferCache::instance().limit(); }
 inline void set_buffer_cache_limit(std::size_t bytes) {
     detail::BufferCache::instance().set_limit(bytes);

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <new>
 #include <span>
@@ -23,7 +24,7 @@ namespace detail {
 // Returns a buffer to the cache it came from, which needs its size.
 struct BufferRelease {
     std::size_t bytes = 0;
-    void operator()(void* p) const { BufferCache::instance().release(p, bytes); }
+    void operator()(void* p) const noexcept { BufferCache::instance().release(p, bytes); }
 };
 
 template <class T>
@@ -32,6 +33,8 @@ using Buffer = std::unique_ptr<T[], BufferRelease>;
 template <class T>
 Buffer<T> allocate_aligned(index_t count) {
     if (count == 0) return nullptr;
+    if (static_cast<std::size_t>(count) > std::numeric_limits<std::size_t>::max() / sizeof(T))
+        throw std::bad_alloc();
     const std::size_t bytes = BufferCache::rounded(static_cast<std::size_t>(count) * sizeof(T));
     return Buffer<T>(static_cast<T*>(BufferCache::instance().acquire(bytes)), BufferRelease{bytes});
 }

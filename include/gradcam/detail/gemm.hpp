@@ -5,8 +5,9 @@
 // the usual blocked scheme (Goto and van de Geijn, "Anatomy of high-performance matrix
 // multiplication", TOMS 2008): A and B are copied in blocks into "packed" panels whose layout is
 // the order the inner loop reads them in, and a micro-kernel keeps an MR x NR tile of C in
-// vector registers while it runs down the shared dimension. Threads split C in two along its
-// longer side, each packing its own operands; nothing is shared, nothing waits.
+// vector registers while it runs down the shared dimension. Each thread takes a part of C (a
+// range of its columns or of its rows) and packs its own operands; nothing is shared, nothing
+// waits.
 //
 // Operands are strided views: the backward passes' transposed operands are packed like any
 // other. The kernel is written with GCC/Clang vector extensions, sized to the widest vector the
@@ -47,8 +48,18 @@ MatrixView<T> view(const T* data, index_t rows, index_t cols, index_t stride) {
     return {data, rows, cols, stride, 1};
 }
 
+// Translation units built for different vector widths get differently named copies of what
+// follows, so that a program mixing them cannot pair one's packing with the other's kernel.
+#if defined(__AVX512F__)
+inline namespace gemm_vector64 {
+#elif defined(__AVX__)
+inline namespace gemm_vector32 {
+#else
+inline namespace gemm_vector16 {
+#endif
+
 #if defined(__GNUC__)
-#define GRADCAM_OWN_GEMM 1
+#define GRADCAM_DETAIL_OWN_GEMM 1
 
 #if defined(__AVX512F__)
 inline constexpr int gemm_vector_bytes = 64;
@@ -253,10 +264,10 @@ void eigen_gemm(const MatrixView<T>& a, const MatrixView<T>& b, T* c, index_t ld
     });
 }
 
-#if defined(GRADCAM_OWN_GEMM)
+#if defined(GRADCAM_DETAIL_OWN_GEMM)
 // c = (or +=) a b, by GemmKernel, each thread taking a part of C: a range of its columns when
 // it is at least as wide as tall (so each packs all of A, the smaller operand then), else a
-// range of its rows.
+// range of its rows. Needs K > 0.
 template <class T>
 void gemm_parts(const MatrixView<T>& a, const MatrixView<T>& b, T* c, index_t ldc,
                 bool accumulate, bool parallel) {
@@ -285,9 +296,8 @@ void gemm_parts(const MatrixView<T>& a, const MatrixView<T>& b, T* c, index_t ld
 }
 #endif
 
-// c (a.rows x b.cols, rows ldc apart) = a b, or += with `accumulate`. With `parallel`, the
-// threads each take a part of C: a range of its columns when it is at least as wide as tall
-// (so each packs all of A, the smaller operand then), else a range of its rows.
+// c (a.rows x b.cols, rows ldc apart) = a b, or += with `accumulate`, on several threads with
+// `parallel` (none inside an OpenMP region: the caller's loop is parallel already).
 template <class T>
 void gemm(const MatrixView<T>& a, const MatrixView<T>& b, T* c, index_t ldc, bool accumulate,
           bool parallel = true) {
@@ -298,7 +308,7 @@ void gemm(const MatrixView<T>& a, const MatrixView<T>& b, T* c, index_t ldc, boo
             for (index_t i = 0; i < M; ++i) std::fill_n(c + i * ldc, N, T(0));
         return;
     }
-#if defined(GRADCAM_OWN_GEMM)
+#if defined(GRADCAM_DETAIL_OWN_GEMM)
     // A narrow C (a 7x7 feature map has 49 columns) would waste a third of the register tile's
     // width on padding: Eigen's narrower tile does better there (measured on ResNet-50's
     // layer4, whose products also use each weight too few times to pay for packing it).
@@ -314,4 +324,5 @@ void gemm(const MatrixView<T>& a, const MatrixView<T>& b, T* c, index_t ldc, boo
     (void)parallel;  // Eigen threads its products itself
 }
 
+}  // inline namespace
 }  // namespace gradcam::detail

@@ -1,11 +1,13 @@
 // Threads through OpenMP when the program is compiled with it (-fopenmp), one thread
 // otherwise. Ops split independent work (images of a batch, channel planes) across threads;
-// inside a single large product, Eigen's GEMM uses the threads itself.
+// inside a single large product, detail::gemm (or Eigen's, for narrow ones) uses them itself.
 #pragma once
 
 #include <algorithm>
+#include <cstdlib>
 #include <exception>
 #include <memory>
+#include <new>
 #include <vector>
 
 #ifdef _OPENMP
@@ -79,13 +81,20 @@ void parallel_chunks(index_t size, Body&& body) {
 // A buffer of at least `count` values for the calling thread, reused across calls, its
 // contents unspecified. One per thread, element type and slot: code that holds one while
 // calling code that takes another uses a different slot (gemm takes slots 1 and 2).
+// 64-byte aligned, so that vector loads from it stay within cache lines.
 template <class T, int Slot = 0>
 T* thread_scratch(index_t count) {
-    thread_local std::unique_ptr<T[]> buffer;
+    struct Free {
+        void operator()(T* p) const { std::free(p); }
+    };
+    thread_local std::unique_ptr<T, Free> buffer;
     thread_local index_t capacity = 0;
     if (count > capacity) {
         buffer.reset();
-        buffer.reset(new T[static_cast<std::size_t>(count)]);
+        capacity = 0;  // stays 0 if the allocation below fails
+        const std::size_t bytes = (static_cast<std::size_t>(count) * sizeof(T) + 63) / 64 * 64;
+        buffer.reset(static_cast<T*>(std::aligned_alloc(64, bytes)));
+        if (!buffer) throw std::bad_alloc();
         capacity = count;
     }
     return buffer.get();

@@ -94,7 +94,8 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
         kernels = Tensor<T>::uninitialized(Shape{16, out_channels, g.channels});
         detail::winograd_kernels(ws, out_channels, g.channels, false, kernels.data());
     }
-    // Images in parallel when there are several; a single image's GEMM is threaded inside.
+    // Images in parallel when there are several; a single image's GEMM is threaded
+    // inside detail::gemm.
     // Each image is lowered a tile of output rows at a time, so the buffer stays small.
     detail::parallel_for(batch * groups, batch > 1, [&](index_t item, int) {
         const index_t gi = item % groups;
