@@ -161,23 +161,27 @@ void resnet50_convolutions(benchmark::State& state) {
         state.counters["ms " + shape + " x" + std::to_string(entry.second)] = 1e3 * entry.first;
 }
 
-// Eigen's own large square GEMM on this machine, with the same threads: the reference speed.
-void eigen_gemm(benchmark::State& state) {
+// A square n x n x n float product by `multiply(a, b, c)`, the reference speeds.
+template <class Multiply>
+void square_gemm(benchmark::State& state, Multiply&& multiply) {
     const index_t n = state.range(0);
     detail::RowMajorMatrix<float> a = detail::RowMajorMatrix<float>::Random(n, n), b = a, c(n, n);
     timed_iterations(state, 2 * static_cast<double>(n * n * n), [&] {
-        c.noalias() = a * b;
+        multiply(a, b, c);
         benchmark::DoNotOptimize(c.data());
     });
 }
 
+// Eigen's own large square GEMM on this machine, with the same threads.
+void eigen_gemm(benchmark::State& state) {
+    square_gemm(state, [](const auto& a, const auto& b, auto& c) { c.noalias() = a * b; });
+}
+
 // The library's own GEMM (detail/gemm.hpp), which the convolutions use, on the same product.
 void gradcam_gemm(benchmark::State& state) {
-    const index_t n = state.range(0);
-    detail::RowMajorMatrix<float> a = detail::RowMajorMatrix<float>::Random(n, n), b = a, c(n, n);
-    timed_iterations(state, 2 * static_cast<double>(n * n * n), [&] {
-        detail::gemm(detail::view(a.data(), n, n), detail::view(b.data(), n, n), c.data(), n, false);
-        benchmark::DoNotOptimize(c.data());
+    square_gemm(state, [](const auto& a, const auto& b, auto& c) {
+        detail::gemm(detail::view(a.data(), a.rows(), a.cols()), detail::view(b.data(), b.rows(), b.cols()),
+                     c.data(), c.cols(), false);
     });
 }
 

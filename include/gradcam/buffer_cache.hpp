@@ -66,14 +66,7 @@ class BufferCache {
             try {
                 std::lock_guard lock(mutex_);
                 if (bytes <= limit_) {
-                    for (auto it = free_.begin(); cached_ + bytes > limit_ && it != free_.end();) {
-                        while (!it->second.empty() && cached_ + bytes > limit_) {
-                            std::free(it->second.back());
-                            it->second.pop_back();
-                            cached_ -= it->first;
-                        }
-                        it = it->second.empty() ? free_.erase(it) : std::next(it);
-                    }
+                    trim_locked(limit_ - bytes);
                     free_[bytes].push_back(p);
                     cached_ += bytes;
                     return;
@@ -95,22 +88,20 @@ class BufferCache {
     void set_limit(std::size_t bytes) {
         std::lock_guard lock(mutex_);
         limit_ = bytes;
-        trim_locked();
+        trim_locked(limit_);
     }
     void release_all() {
         std::lock_guard lock(mutex_);
-        const std::size_t keep = limit_;
-        limit_ = 0;
-        trim_locked();
-        limit_ = keep;
+        trim_locked(0);
     }
 
   private:
     BufferCache() = default;
 
-    void trim_locked() {
-        for (auto it = free_.begin(); it != free_.end() && cached_ > limit_;) {
-            while (!it->second.empty() && cached_ > limit_) {
+    // Frees kept blocks until at most `target` bytes are kept.
+    void trim_locked(std::size_t target) {
+        for (auto it = free_.begin(); it != free_.end() && cached_ > target;) {
+            while (!it->second.empty() && cached_ > target) {
                 std::free(it->second.back());
                 it->second.pop_back();
                 cached_ -= it->first;
