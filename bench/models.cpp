@@ -149,7 +149,7 @@ void resnet50_convolutions(benchmark::State& state) {
         for (Layer& layer : layers) {
             Tape<float> t;
             const auto start = std::chrono::steady_clock::now();
-            benchmark::DoNotOptimize(conv2d(t.constant(layer.x), t.constant(layer.conv->weight()),
+            benchmark::DoNotOptimize(conv2d(t.constant(layer.x), t.parameter(layer.conv->weight()),
                                             layer.conv->options())
                                          .value()
                                          .data());

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 
 #include "gradcam/tensor.hpp"
 
@@ -99,4 +100,45 @@ TEST_CASE("tensor: large buffers are reused by size, within the cache's limit") 
     gradcam::release_buffer_cache();
     CHECK(gradcam::buffer_cache_size() == 0);
     gradcam::set_buffer_cache_limit(saved);
+}
+
+TEST_CASE("tensor: derived values are kept until a write access, per type and key") {
+    Tensor<float> t(Shape{3}, {1, 2, 3});
+    int made = 0;
+    auto total = [&](const Tensor<float>& x) {
+        ++made;
+        float s = 0;
+        for (float v : x.values()) s += v;
+        return s;
+    };
+    const Tensor<float>& view = t;
+    CHECK(*view.derived<float>(0, total) == 6);
+    CHECK(*view.derived<float>(0, total) == 6);
+    CHECK(view[2] == 3);  // const access keeps it
+    CHECK(made == 1);
+    CHECK(*view.derived<float>(1, total) == 6);  // another key is another value
+    CHECK(*view.derived<double>(0, [](const Tensor<float>&) { return 0.5; }) == 0.5);
+    CHECK(made == 2);
+
+    t[0] = 10;  // each kind of write access makes it again
+    CHECK(*view.derived<float>(0, total) == 15);
+    t(1) = 20;
+    CHECK(*view.derived<float>(0, total) == 33);
+    t.data()[2] = 30;
+    CHECK(*view.derived<float>(0, total) == 60);
+    std::fill(t.begin(), t.end(), 1.0f);
+    CHECK(*view.derived<float>(0, total) == 3);
+    t.fill(2);
+    CHECK(*view.derived<float>(0, total) == 6);
+    t = Tensor<float>(Shape{2}, {5, 5});
+    CHECK(*view.derived<float>(0, total) == 10);
+    CHECK(made == 8);
+
+    // A value handed out stays valid after the tensor has moved on.
+    auto kept = view.derived<float>(0, total);
+    t[0] = 0;
+    Tensor<float> moved = std::move(t);
+    CHECK(*kept == 10);
+    CHECK(*std::as_const(moved).derived<float>(0, total) == 5);
+    CHECK(*std::as_const(moved).reshaped(Shape{1, 2}).derived<float>(0, total) == 5);
 }

@@ -4,14 +4,17 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <span>
 #include <type_traits>
+#include <typeindex>
 #include <vector>
 
 #include "gradcam/buffer_cache.hpp"
@@ -29,6 +32,12 @@ struct BufferRelease {
 
 template <class T>
 using Buffer = std::unique_ptr<T[], BufferRelease>;
+
+// Guards every tensor's derived values (Tensor::derived); taken once per use, not per element.
+inline std::mutex& derived_mutex() {
+    static std::mutex m;
+    return m;
+}
 
 template <class T>
 Buffer<T> allocate_aligned(index_t count) {
@@ -88,11 +97,14 @@ class Tensor {
     Tensor(Tensor&& other) noexcept
         : shape_(std::move(other.shape_)), data_(std::move(other.data_)) {
         other.shape_ = Shape{0};
+        other.forget_derived();
     }
     Tensor& operator=(Tensor&& other) noexcept {
         shape_ = std::move(other.shape_);
         data_ = std::move(other.data_);
         other.shape_ = Shape{0};
+        forget_derived();
+        other.forget_derived();
         return *this;
     }
 
@@ -102,7 +114,11 @@ class Tensor {
     index_t size() const { return shape_.numel(); }
     bool empty() const { return size() == 0; }
 
-    T* data() { return data_.get(); }
+    // Every access that can write (the non-const ones) marks derived values stale.
+    T* data() {
+        touch();
+        return data_.get();
+    }
     const T* data() const { return data_.get(); }
     std::span<T> values() { return {data(), static_cast<std::size_t>(size())}; }
     std::span<const T> values() const { return {data(), static_cast<std::size_t>(size())}; }
@@ -111,12 +127,16 @@ class Tensor {
     const T* begin() const { return data(); }
     const T* end() const { return data() + size(); }
 
-    T& operator[](index_t flat) { return data_[static_cast<std::size_t>(flat)]; }
+    T& operator[](index_t flat) {
+        touch();
+        return data_[static_cast<std::size_t>(flat)];
+    }
     const T& operator[](index_t flat) const { return data_[static_cast<std::size_t>(flat)]; }
 
     // Element access by one index per axis, checked against the shape.
     template <class... I>
     requires(std::is_integral_v<I>&&...) T& operator()(I... index) {
+        touch();
         return data_[static_cast<std::size_t>(offset_of({static_cast<index_t>(index)...}))];
     }
     template <class... I>
@@ -132,6 +152,7 @@ class Tensor {
                                              " (", size(), " vs ", shape.numel(), " elements)"));
         Tensor t(std::move(*this));
         t.shape_ = std::move(shape);
+        t.forget_derived();
         return t;
     }
 
@@ -155,7 +176,39 @@ class Tensor {
 
     void fill(T value) { std::fill_n(data(), size(), value); }
 
+    // A value computed from this tensor's values by make(*this), such as a convolution's
+    // weights laid out for its matrix products, made on first use and kept until the values
+    // change. One per type D and key. The tensor sees a change through its non-const
+    // accessors: a pointer from data() kept and written through after a use here leaves
+    // the kept value stale. Safe to call from several threads at once.
+    template <class D, class Make>
+    std::shared_ptr<const D> derived(std::size_t key, Make&& make) const {
+        std::lock_guard lock(detail::derived_mutex());
+        if (stale_.load(std::memory_order_relaxed)) {
+            derived_.clear();
+            stale_.store(false, std::memory_order_relaxed);
+        }
+        for (const Derived& d : derived_)
+            if (d.type == typeid(D) && d.key == key) return std::static_pointer_cast<const D>(d.value);
+        std::shared_ptr<const D> value = std::make_shared<const D>(make(*this));
+        derived_.push_back({typeid(D), key, value});
+        return value;
+    }
+
   private:
+    struct Derived {
+        std::type_index type;
+        std::size_t key;
+        std::shared_ptr<const void> value;
+    };
+
+    void touch() {
+        // A load first: element loops then write nothing but the element.
+        if (!stale_.load(std::memory_order_relaxed)) stale_.store(true, std::memory_order_relaxed);
+    }
+    // Only where the tensor itself changes (moves, reshapes): no other thread may use it then.
+    void forget_derived() { derived_.clear(); }
+
     index_t offset_of(std::initializer_list<index_t> index) const {
         if (static_cast<index_t>(index.size()) != rank())
             throw shape_error(detail::concat("Tensor: ", index.size(),
@@ -173,6 +226,8 @@ class Tensor {
 
     Shape shape_{0};
     detail::Buffer<T> data_;
+    mutable std::vector<Derived> derived_;
+    mutable std::atomic<bool> stale_{false};
 };
 
 // Largest |a - b| over all elements; shapes must match.

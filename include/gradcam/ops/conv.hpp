@@ -4,6 +4,8 @@
 #pragma once
 
 #include <algorithm>
+#include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "gradcam/detail/eigen.hpp"
@@ -66,6 +68,72 @@ inline ConvGeometry conv_geometry(const Shape& x, const Shape& w, const Shape* b
     return g;
 }
 
+#if defined(GRADCAM_DETAIL_OWN_GEMM)
+// Small outputs (the 7x7 to 28x28 maps deep in a network) are computed transposed, pixels down
+// and output channels across: Y^T = im2col(X)^T W^T. The register tile then spans output
+// channels (multiples of 64 in every torchvision network) instead of pixels (49 or 196, which a
+// tile 32 wide pads by up to a third), and W^T, the large operand there, is packed once per
+// weight tensor (Tensor::derived) rather than on every call. The 7 x 4 AVX-512 tile fits the 7,
+// 14, 28 and 56 pixel rows of those maps exactly. Measured per layer on ResNet-50: 1.2-1.4x
+// faster than the untransposed product from 14x14 down, on par at 28x28.
+template <class T>
+using PixelMajorKernel = GemmKernel<T, gemm_vector_bytes == 64 ? 7 : gemm_default_rows,
+                                    gemm_vector_bytes == 64 ? 4 : 2>;
+
+// W_g^T for each group, packed for PixelMajorKernel.
+template <class T>
+using PackedConvWeights = std::vector<typename PixelMajorKernel<T>::PackedRight>;
+
+// Transposing Y^T back costs in proportion to pixels x channels, packing W on every call in
+// proportion to channels x g.rows(): the transposed product pays where the second is the larger.
+template <class T>
+bool pixel_major_applies(const ConvGeometry& g) {
+    return (std::is_same_v<T, float> || std::is_same_v<T, double>) && 2 * g.rows() >= g.cols();
+}
+
+template <class T>
+std::shared_ptr<const PackedConvWeights<T>> packed_conv_weights(const Tensor<T>& weight,
+                                                                index_t groups) {
+    return weight.template derived<PackedConvWeights<T>>(
+        static_cast<std::size_t>(groups), [groups](const Tensor<T>& w) {
+            const index_t group_out = w.dim(0) / groups, rows = w.size() / w.dim(0);
+            PackedConvWeights<T> packed;
+            for (index_t gi = 0; gi < groups; ++gi)
+                packed.emplace_back(view(w.data() + gi * group_out * rows, group_out, rows).transposed());
+            return packed;
+        });
+}
+
+// One image's group: y (group_out x pixels) from x, by tiles of output rows.
+template <class T>
+void conv_pixel_major(const T* x, const ConvGeometry& g, const typename PixelMajorKernel<T>::PackedRight& w_t,
+                      index_t group_out, index_t rows_per_tile, T* y) {
+    // Rows of Y^T a little longer than group_out: at a power-of-two stride the transpose below
+    // would read lines that all fall into the same cache set.
+    const index_t ld = group_out + 64 / static_cast<index_t>(sizeof(T));
+    T* y_t = thread_scratch<T, 3>(g.cols() * ld);
+    const MatrixView<T> w_shape{nullptr, g.rows(), group_out, 1, g.rows()};
+    if (g.is_pointwise()) {
+        gemm_parts<PixelMajorKernel<T>>(view(x, g.rows(), g.cols()).transposed(), w_shape, &w_t, y_t, ld,
+                                        false, true);
+    } else {
+        T* col = thread_scratch<T>(g.rows() * rows_per_tile * g.out_w);
+        for (index_t oh0 = 0; oh0 < g.out_h; oh0 += rows_per_tile) {
+            const index_t oh1 = std::min(g.out_h, oh0 + rows_per_tile), cols = (oh1 - oh0) * g.out_w;
+            im2col(x, g, col, oh0, oh1);
+            gemm_parts<PixelMajorKernel<T>>(view(col, g.rows(), cols).transposed(), w_shape, &w_t,
+                                            y_t + oh0 * g.out_w * ld, ld, false, true);
+        }
+    }
+    // Back to channels x pixels, by blocks of channels on threads.
+    const index_t block = 64, blocks = (group_out + block - 1) / block;
+    parallel_for(blocks, group_out * g.cols() >= parallel_grain, [&](index_t b, int) {
+        const index_t c0 = b * block, count = std::min(block, group_out - c0);
+        matrix(y + c0 * g.cols(), count, g.cols()) = matrix(y_t + c0, g.cols(), count, ld).transpose();
+    });
+}
+#endif
+
 }  // namespace detail
 
 // forward:  y[n, o] = b[o] + sum_{c in group(o), i, j} w[o, c, i, j] * x[n, c, oh*s + i*d - p, ...]
@@ -97,11 +165,22 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
     // Images in parallel when there are several; a single image's GEMM is threaded
     // inside detail::gemm.
     // Each image is lowered a tile of output rows at a time, so the buffer stays small.
+#if defined(GRADCAM_DETAIL_OWN_GEMM)
+    std::shared_ptr<const detail::PackedConvWeights<T>> packed;
+    if (!winograd && detail::pixel_major_applies<T>(g))
+        packed = detail::packed_conv_weights(weight.value(), groups);
+#endif
     detail::parallel_for(batch * groups, batch > 1, [&](index_t item, int) {
         const index_t gi = item % groups;
         const T* x_group = xs + item * in_plane;
         const auto w_g = detail::view(ws + gi * group_out * g.rows(), group_out, g.rows());
         T* y_group = y.data() + item * out_plane;
+#if defined(GRADCAM_DETAIL_OWN_GEMM)
+        if (packed) {
+            detail::conv_pixel_major(x_group, g, (*packed)[static_cast<std::size_t>(gi)], group_out,
+                                     rows_per_tile, y_group);
+        } else
+#endif
         if (g.is_pointwise()) {
             detail::gemm(w_g, detail::view(x_group, g.rows(), g.cols()), y_group, g.cols(), false);
         } else if (winograd) {
