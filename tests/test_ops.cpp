@@ -151,48 +151,48 @@ TEST_CASE("ops: conv2d by Winograd F(2x2, 3x3) equals the direct sum, forward an
     }
 }
 
-// The direct sum of conv2d in double: every output from its definition.
-Tensor<double> direct_conv2d(const Tensor<double>& x, const Tensor<double>& w,
-                             const Tensor<double>& bias, const Conv2dOptions& o) {
-    const index_t N = x.dim(0), H = x.dim(2), W = x.dim(3);
+// conv2d from its definition in double: visit(n, k, i, j, c, ih, iw, weight) for every term
+// w[k, c, a, b] x[n, c, ih, iw] of every output y[n, k, i, j] (c counted over all groups).
+template <class Visit>
+void for_each_conv_term(const Shape& x, const Tensor<double>& w, const Conv2dOptions& o,
+                        Visit&& visit) {
+    const index_t N = x[0], H = x[2], W = x[3];
     const index_t K = w.dim(0), group_in = w.dim(1), kh = w.dim(2), kw = w.dim(3);
     const index_t out_h = (H + 2 * o.padding.h - o.dilation.h * (kh - 1) - 1) / o.stride.h + 1;
     const index_t out_w = (W + 2 * o.padding.w - o.dilation.w * (kw - 1) - 1) / o.stride.w + 1;
-    Tensor<double> y(Shape{N, K, out_h, out_w});
     for (index_t n = 0; n < N; ++n)
         for (index_t k = 0; k < K; ++k)
             for (index_t i = 0; i < out_h; ++i)
-                for (index_t j = 0; j < out_w; ++j) {
-                    double sum = bias.empty() ? 0.0 : bias[k];
-                    const index_t first_c = k / (K / o.groups) * group_in;
+                for (index_t j = 0; j < out_w; ++j)
                     for (index_t c = 0; c < group_in; ++c)
                         for (index_t a = 0; a < kh; ++a)
                             for (index_t b = 0; b < kw; ++b) {
                                 const index_t ih = i * o.stride.h - o.padding.h + a * o.dilation.h;
                                 const index_t iw = j * o.stride.w - o.padding.w + b * o.dilation.w;
                                 if (ih >= 0 && ih < H && iw >= 0 && iw < W)
-                                    sum += w(k, c, a, b) * x(n, first_c + c, ih, iw);
+                                    visit(n, k, i, j, k / (K / o.groups) * group_in + c, ih, iw,
+                                          w(k, c, a, b));
                             }
-                    y(n, k, i, j) = sum;
-                }
-    return y;
 }
 
-TEST_CASE("ops: conv2d's two lowerings equal the direct sum and follow changes to the weights") {
+TEST_CASE("ops: conv2d's three lowerings equal the direct sum, forward and back, and follow changes to the weights") {
     Random random(91);
+    // The product transposed with the weights packed once, the product as it is, Winograd's.
+    enum class Lowering { pixel_major, channel_major, winograd };
     struct Case {
         Shape x, w;
         Conv2dOptions options;
-        bool pixel_major;  // the product transposed, with the weights packed once
+        Lowering lowering;
     };
     const std::vector<Case> cases = {
-        {Shape{1, 24, 7, 7}, Shape{70, 24, 3, 3}, {.padding = 1}, true},
-        {Shape{2, 16, 9, 11}, Shape{40, 8, 3, 3}, {.stride = 2, .padding = 1, .groups = 2}, true},
-        {Shape{2, 64, 6, 5}, Shape{36, 64, 1, 1}, {}, true},
-        {Shape{1, 32, 13, 12}, Shape{10, 32, 1, 1}, {.stride = 2}, true},
-        {Shape{1, 4, 20, 23}, Shape{10, 2, 3, 2}, {.padding = {1, 2}, .dilation = 2, .groups = 2}, false},
-        {Shape{2, 3, 40, 36}, Shape{20, 3, 5, 5}, {.stride = 2, .padding = 2}, false},
-        {Shape{1, 8, 33, 33}, Shape{12, 8, 1, 1}, {}, false},
+        {Shape{1, 24, 7, 7}, Shape{70, 24, 3, 3}, {.padding = 1}, Lowering::pixel_major},
+        {Shape{2, 16, 9, 11}, Shape{40, 8, 3, 3}, {.stride = 2, .padding = 1, .groups = 2}, Lowering::pixel_major},
+        {Shape{2, 64, 6, 5}, Shape{36, 64, 1, 1}, {}, Lowering::pixel_major},
+        {Shape{1, 32, 13, 12}, Shape{10, 32, 1, 1}, {.stride = 2}, Lowering::pixel_major},
+        {Shape{1, 4, 20, 23}, Shape{10, 2, 3, 2}, {.padding = {1, 2}, .dilation = 2, .groups = 2}, Lowering::channel_major},
+        {Shape{2, 3, 40, 36}, Shape{20, 3, 5, 5}, {.stride = 2, .padding = 2}, Lowering::channel_major},
+        {Shape{1, 8, 33, 33}, Shape{12, 8, 1, 1}, {}, Lowering::channel_major},
+        {Shape{1, 16, 24, 24}, Shape{20, 16, 3, 3}, {.padding = 1}, Lowering::winograd},
     };
     for (const Case& c : cases) {
         INFO("input " << c.x << ", weight " << c.w);
@@ -201,16 +201,31 @@ TEST_CASE("ops: conv2d's two lowerings equal the direct sum and follow changes t
         for (double& v : w) v = random.normal();
         for (double& v : bias) v = random.normal();
         const detail::ConvGeometry g = detail::conv_geometry(x.shape(), w.shape(), nullptr, c.options);
-        REQUIRE(detail::pixel_major_applies<double>(g) == c.pixel_major);
-        REQUIRE_FALSE(detail::winograd_applies(g, c.w[0]));
+        const bool winograd = detail::winograd_applies(g, c.w[0]);
+        REQUIRE(winograd == (c.lowering == Lowering::winograd));
+        if (!winograd)
+            REQUIRE(detail::pixel_major_applies<double>(g) == (c.lowering == Lowering::pixel_major));
         Tensor<float> wf = w.cast<float>();
         // The weights go in as a module's parameters do, by reference, so that their packed
         // copy is kept between calls and must follow each change.
         for (int change = 0; change < 3; ++change) {
-            const Tensor<double> expected = direct_conv2d(x, w, bias, c.options);
             Tape<double> tape;
-            check_close(conv2d(tape.constant(x), tape.parameter(w), tape.constant(bias), c.options).value(),
-                        expected, 1e-12, "double");
+            const Var<double> xv = tape.variable(x);
+            const Var<double> y = conv2d(xv, tape.parameter(w), tape.constant(bias), c.options);
+            Tensor<double> expected(y.shape()), r(y.shape()), dx(x.shape());
+            for (double& v : r) v = random.normal();
+            const index_t plane = y.shape()[2] * y.shape()[3];
+            for (index_t e = 0; e < expected.size(); ++e) expected[e] = bias[e / plane % c.w[0]];
+            for_each_conv_term(x.shape(), w, c.options,
+                               [&](index_t n, index_t k, index_t i, index_t j, index_t ch,
+                                   index_t ih, index_t iw, double weight) {
+                                   expected(n, k, i, j) += weight * x(n, ch, ih, iw);
+                                   dx(n, ch, ih, iw) += weight * r(n, k, i, j);
+                               });
+            check_close(y.value(), expected, 1e-12, "double");
+            // dL/dx for L = sum(r * y): each term's weight times r at its output.
+            check_close(tape.gradient(sum(mul(tape.constant(r), y)), {xv})[0], dx, 1e-12,
+                        "input gradient");
             Tape<float> float_tape;
             check_close(conv2d(float_tape.constant(x.cast<float>()), float_tape.parameter(wf),
                                float_tape.constant(bias.cast<float>()), c.options)

@@ -91,26 +91,51 @@ bool pixel_major_applies(const ConvGeometry& g) {
     return (std::is_same_v<T, float> || std::is_same_v<T, double>) && 2 * g.rows() >= g.cols();
 }
 
+// Each group's W^T packed for the forward product, or with `adjoint` its W, for the input
+// gradient's dcol^T = dY^T W.
 template <class T>
 std::shared_ptr<const PackedConvWeights<T>> packed_conv_weights(const Tensor<T>& weight,
-                                                                index_t groups) {
+                                                                index_t groups, bool adjoint) {
     return weight.template derived<PackedConvWeights<T>>(
-        static_cast<std::size_t>(groups), [groups](const Tensor<T>& w) {
+        static_cast<std::size_t>(2 * groups + adjoint), [groups, adjoint](const Tensor<T>& w) {
             const index_t group_out = w.dim(0) / groups, rows = w.size() / w.dim(0);
             PackedConvWeights<T> packed;
-            for (index_t gi = 0; gi < groups; ++gi)
-                packed.emplace_back(view(w.data() + gi * group_out * rows, group_out, rows).transposed());
+            for (index_t gi = 0; gi < groups; ++gi) {
+                const auto w_g = view(w.data() + gi * group_out * rows, group_out, rows);
+                packed.emplace_back(adjoint ? w_g : w_g.transposed());
+            }
             return packed;
         });
 }
 
-// One image's group: y (group_out x pixels) from x, by tiles of output rows.
+// dst (cols x rows) = src^T, or += with `accumulate`; src's rows are ld apart. By blocks of
+// dst's rows on threads.
+template <class T>
+void transpose_into(const T* src, index_t rows, index_t cols, index_t ld, T* dst, bool accumulate) {
+    const index_t block = 64, blocks = (cols + block - 1) / block;
+    parallel_for(blocks, rows * cols >= parallel_grain, [&](index_t b, int) {
+        const index_t c0 = b * block, count = std::min(block, cols - c0);
+        auto out = matrix(dst + c0 * rows, count, rows);
+        const auto in = matrix(src + c0, rows, count, ld).transpose();
+        if (accumulate)
+            out += in;
+        else
+            out = in;
+    });
+}
+
+// Rows of a transposed product's result a little longer than `cols`: at a power-of-two stride
+// the transpose back would read lines that all fall into the same cache set.
+template <class T>
+index_t padded_stride(index_t cols) {
+    return cols + 64 / static_cast<index_t>(sizeof(T));
+}
+
+// One image's group: y (group_out x pixels) = (im2col(x)^T W^T)^T, by tiles of output rows.
 template <class T>
 void conv_pixel_major(const T* x, const ConvGeometry& g, const typename PixelMajorKernel<T>::PackedRight& w_t,
                       index_t group_out, index_t rows_per_tile, T* y) {
-    // Rows of Y^T a little longer than group_out: at a power-of-two stride the transpose below
-    // would read lines that all fall into the same cache set.
-    const index_t ld = group_out + 64 / static_cast<index_t>(sizeof(T));
+    const index_t ld = padded_stride<T>(group_out);
     T* y_t = thread_scratch<T, 3>(g.cols() * ld);
     const MatrixView<T> w_shape{nullptr, g.rows(), group_out, 1, g.rows()};
     if (g.is_pointwise()) {
@@ -125,12 +150,25 @@ void conv_pixel_major(const T* x, const ConvGeometry& g, const typename PixelMaj
                                             y_t + oh0 * g.out_w * ld, ld, false, true);
         }
     }
-    // Back to channels x pixels, by blocks of channels on threads.
-    const index_t block = 64, blocks = (group_out + block - 1) / block;
-    parallel_for(blocks, group_out * g.cols() >= parallel_grain, [&](index_t b, int) {
-        const index_t c0 = b * block, count = std::min(block, group_out - c0);
-        matrix(y + c0 * g.cols(), count, g.cols()) = matrix(y_t + c0, g.cols(), count, ld).transpose();
-    });
+    transpose_into(y_t, g.cols(), group_out, ld, y, false);
+}
+
+// Its input gradient, dx += col2im((dY^T W)^T) with W packed as its adjoint; for a pointwise
+// convolution dx = (or += with `accumulate`) (dY^T W)^T. The whole image at once: these
+// outputs are small.
+template <class T>
+void conv_pixel_major_adjoint(const T* dy, const ConvGeometry& g, const typename PixelMajorKernel<T>::PackedRight& w,
+                              index_t group_out, T* dx, bool accumulate) {
+    const index_t ld = padded_stride<T>(g.rows());
+    T* dcol_t = thread_scratch<T, 3>(g.cols() * ld);
+    gemm_parts<PixelMajorKernel<T>>(view(dy, group_out, g.cols()).transposed(),
+                                    MatrixView<T>{nullptr, group_out, g.rows(), g.rows(), 1}, &w,
+                                    dcol_t, ld, false, true);
+    if (g.is_pointwise()) {
+        transpose_into(dcol_t, g.cols(), g.rows(), ld, dx, accumulate);
+        return;
+    }
+    col2im_add_transposed(dcol_t, ld, g, dx);
 }
 #endif
 
@@ -168,7 +206,7 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
     std::shared_ptr<const detail::PackedConvWeights<T>> packed;
     if (!winograd && detail::pixel_major_applies<T>(g))
-        packed = detail::packed_conv_weights(weight.value(), groups);
+        packed = detail::packed_conv_weights(weight.value(), groups, false);
 #endif
     detail::parallel_for(batch * groups, batch > 1, [&](index_t item, int) {
         const index_t gi = item % groups;
@@ -214,11 +252,21 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
         if (fresh && !g.is_pointwise() && !winograd_dx)
             std::fill_n(dx, xv.size(), T(0));  // col2im adds
         const detail::ConvGeometry adjoint = detail::winograd_adjoint(g, group_out);
-        Tensor<T> adjoint_kernels;
-        if (winograd_dx) {
-            adjoint_kernels = Tensor<T>::uninitialized(Shape{16, g.channels, group_out});
-            detail::winograd_kernels(wv.data(), group_out, g.channels, true, adjoint_kernels.data());
-        }
+        // Kept with the weights: a backward pass runs once per explanation, and the weights
+        // seldom change between them. (The forward's are not kept: a Grad-CAM's memory would
+        // grow by 16/9 of those weights.)
+        std::shared_ptr<const Tensor<T>> adjoint_kernels;
+        if (winograd_dx)
+            adjoint_kernels = wv.template derived<Tensor<T>>(0, [&](const Tensor<T>& w) {
+                Tensor<T> u = Tensor<T>::uninitialized(Shape{16, g.channels, group_out});
+                detail::winograd_kernels(w.data(), group_out, g.channels, true, u.data());
+                return u;
+            });
+#if defined(GRADCAM_DETAIL_OWN_GEMM)
+        std::shared_ptr<const detail::PackedConvWeights<T>> adjoint_packed;
+        if (want_x && !winograd_dx && detail::pixel_major_applies<T>(g))
+            adjoint_packed = detail::packed_conv_weights(wv, groups, true);
+#endif
         // The weight gradient sums over images: each thread sums into its own copy.
         const bool parallel = batch > 1;
         const index_t weight_size = wv.size();
@@ -234,9 +282,19 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
             T* dw_g = want_w ? dw_partial[static_cast<std::size_t>(thread)].data() +
                                    gi * group_out * g.rows()
                              : nullptr;
+            bool dx_done = false;
+#if defined(GRADCAM_DETAIL_OWN_GEMM)
+            if (adjoint_packed) {
+                detail::conv_pixel_major_adjoint(dy_group, g, (*adjoint_packed)[static_cast<std::size_t>(gi)],
+                                                 group_out, dx + item * in_plane,
+                                                 !(fresh && g.is_pointwise()));
+                dx_done = true;
+                if (!want_w) return;
+            }
+#endif
             if (g.is_pointwise()) {
                 const auto dy_g = detail::view(dy_group, group_out, g.cols());
-                if (want_x)
+                if (want_x && !dx_done)
                     detail::gemm(w_g.transposed(), dy_g, dx + item * in_plane, g.cols(), !fresh);
                 if (want_w)
                     detail::gemm(dy_g, detail::view(x_group, g.rows(), g.cols()).transposed(), dw_g,
@@ -245,7 +303,7 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
             }
             if (winograd_dx) {
                 T* scratch = detail::thread_scratch<T>(detail::winograd_scratch_size(adjoint, g.channels));
-                detail::winograd_conv3x3(dy_group, adjoint, adjoint_kernels.data(), g.channels,
+                detail::winograd_conv3x3(dy_group, adjoint, adjoint_kernels->data(), g.channels,
                                          dx + item * in_plane, !fresh, scratch);
                 if (!want_w) return;
             }
@@ -253,7 +311,7 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
             for (index_t oh0 = 0; oh0 < g.out_h; oh0 += rows_per_tile) {
                 const index_t oh1 = std::min(g.out_h, oh0 + rows_per_tile), cols = (oh1 - oh0) * g.out_w;
                 const auto dy_tile = detail::view(dy_group + oh0 * g.out_w, group_out, cols, g.cols());
-                if (want_x && !winograd_dx) {
+                if (want_x && !winograd_dx && !dx_done) {
                     detail::gemm(w_g.transposed(), dy_tile, col, cols, false);
                     detail::col2im_add(col, g, dx + item * in_plane, oh0, oh1);
                 }
