@@ -244,13 +244,33 @@ TEST_CASE("ops: conv2d's three lowerings equal the direct sum, forward and back,
     }
 }
 
-// Every path of detail::gemm (the register-tiled kernel with its edge tiles and its split
+// How check_gemm computes the product: by gemm(), which picks a kernel or Eigen, or by one of
+// the register-tiled kernels directly, B packed as it goes or packed beforehand (as convolutions
+// pack their weights).
+enum class GemmRoute { gemm, default_kernel, default_packed, narrow_kernel, pixel_major_packed };
+
+#if defined(GRADCAM_DETAIL_OWN_GEMM)
+template <class Kernel, class T>
+void run_kernel(const detail::MatrixView<T>& a, const detail::MatrixView<T>& b, T* c,
+                index_t ldc, bool accumulate, bool parallel, bool packed) {
+    if (!packed) {
+        detail::gemm_parts<Kernel>(a, b, nullptr, c, ldc, accumulate, parallel);
+        return;
+    }
+    const typename Kernel::PackedRight right(b);
+    detail::MatrixView<T> shape_only = b;
+    shape_only.data = nullptr;  // the kernel must read B from the packed panels only
+    detail::gemm_parts<Kernel>(a, shape_only, &right, c, ldc, accumulate, parallel);
+}
+#endif
+
+// Every path of detail::gemm (the register-tiled kernels with their edge tiles and their split
 // over threads; Eigen for narrow products), with operands stored by rows and by columns,
 // assigning and accumulating, against a sum in long double.
 template <class T>
 void check_gemm(index_t M, index_t N, index_t K, bool a_by_columns, bool b_by_columns,
                 bool accumulate, bool parallel, Random& random, double tolerance,
-                bool own_kernel = false) {
+                GemmRoute route = GemmRoute::gemm) {
     std::vector<T> a(static_cast<std::size_t>(M * K)), b(static_cast<std::size_t>(K * N)),
         c(static_cast<std::size_t>(M * (N + 3)));
     for (T& v : a) v = static_cast<T>(random.normal());
@@ -260,14 +280,23 @@ void check_gemm(index_t M, index_t N, index_t K, bool a_by_columns, bool b_by_co
     const auto bv = b_by_columns ? detail::view(b.data(), N, K).transposed() : detail::view(b.data(), K, N);
     const std::vector<T> before = c;
     const index_t ldc = N + 3;  // C is a block of a wider matrix: the 3 extra columns stay
+    switch (K > 0 ? route : GemmRoute::gemm) {  // K = 0 never reaches a kernel
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
-    // The register-tiled kernel itself for every shape, also those gemm() gives to Eigen
-    // (K = 0 never reaches it).
-    if (own_kernel && K > 0)
-        detail::gemm_parts(av, bv, c.data(), ldc, accumulate, parallel);
-    else
+        case GemmRoute::default_kernel:
+        case GemmRoute::default_packed:
+            run_kernel<detail::GemmKernel<T>>(av, bv, c.data(), ldc, accumulate, parallel,
+                                              route == GemmRoute::default_packed);
+            break;
+        case GemmRoute::narrow_kernel:
+            run_kernel<detail::NarrowGemmKernel<T>>(av, bv, c.data(), ldc, accumulate, parallel, false);
+            break;
+        case GemmRoute::pixel_major_packed:
+            run_kernel<detail::PixelMajorKernel<T>>(av, bv, c.data(), ldc, accumulate, parallel, true);
+            break;
 #endif
-        detail::gemm(av, bv, c.data(), ldc, accumulate, parallel);
+        default:
+            detail::gemm(av, bv, c.data(), ldc, accumulate, parallel);
+    }
     for (index_t i = 0; i < M; ++i)
         for (index_t j = 0; j < ldc; ++j) {
             const std::size_t at = static_cast<std::size_t>(i * ldc + j);
@@ -280,21 +309,26 @@ void check_gemm(index_t M, index_t N, index_t K, bool a_by_columns, bool b_by_co
                 sum += static_cast<long double>(av(i, k)) * bv(k, j);
                 magnitude += std::abs(static_cast<long double>(av(i, k)) * bv(k, j));
             }
-            INFO(M << "x" << N << "x" << K << " at " << i << "," << j);
+            INFO(M << "x" << N << "x" << K << " at " << i << "," << j << ", route "
+                   << static_cast<int>(route));
             REQUIRE(std::abs(static_cast<double>(c[at] - sum)) <= tolerance * static_cast<double>(magnitude));
         }
 }
 
 TEST_CASE("ops: gemm equals the direct sum for every tile edge, storage order and thread split") {
     Random random(80);
-    for (const index_t M : {1, 11, 12, 13, 40})
-        for (const index_t N : {1, 17, 32, 33, 70})
+    // Around the edges of the tiles: 6, 7, 8 and 12 rows; 16, 32, 48 and 64 columns.
+    for (const index_t M : {1, 7, 8, 13, 40})
+        for (const index_t N : {1, 17, 33, 48, 70})
             for (const index_t K : {0, 1, 7, 300})
                 for (int flags = 0; flags < 16; ++flags) {
                     const bool a_cols = flags & 1, b_cols = flags & 2, acc = flags & 4, par = flags & 8;
-                    for (const bool own : {false, true}) {
-                        check_gemm<double>(M, N, K, a_cols, b_cols, acc, par, random, 1e-14, own);
-                        check_gemm<float>(M, N, K, a_cols, b_cols, acc, par, random, 1e-6, own);
+                    for (const GemmRoute route :
+                         {GemmRoute::gemm, GemmRoute::default_kernel, GemmRoute::default_packed,
+                          GemmRoute::narrow_kernel, GemmRoute::pixel_major_packed}) {
+                        if (route > GemmRoute::default_kernel && flags % 3 != 0) continue;
+                        check_gemm<double>(M, N, K, a_cols, b_cols, acc, par, random, 1e-14, route);
+                        check_gemm<float>(M, N, K, a_cols, b_cols, acc, par, random, 1e-6, route);
                     }
                 }
     // Larger than one block of every kind (kc, mc, nc), so each loop runs more than once, and
@@ -303,6 +337,10 @@ TEST_CASE("ops: gemm equals the direct sum for every tile edge, storage order an
     check_gemm<double>(130, 700, 300, true, true, false, true, random, 1e-14);
     check_gemm<float>(1100, 200, 600, true, false, false, true, random, 1e-6);
     check_gemm<double>(700, 130, 300, false, true, true, true, random, 1e-14);
+    // With B packed beforehand, threads split by rows once there are enough, else by columns.
+    check_gemm<float>(400, 300, 600, false, true, false, true, random, 1e-6, GemmRoute::pixel_major_packed);
+    check_gemm<double>(49, 700, 300, true, true, true, true, random, 1e-14, GemmRoute::pixel_major_packed);
+    check_gemm<float>(300, 1100, 520, false, false, true, true, random, 1e-6, GemmRoute::default_packed);
 }
 
 TEST_CASE("ops: max_pool2d gives the same values with and without a recorded backward") {

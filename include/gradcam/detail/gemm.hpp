@@ -267,6 +267,11 @@ struct GemmKernel {
         }
     }
 };
+
+// For products whose C is too narrow for the default tile (Winograd's products on 14x14 tiles
+// of a 28x28 map: 196 columns, 240 with 48-wide tiles), a narrower one where there is one.
+template <class T>
+using NarrowGemmKernel = GemmKernel<T, gemm_vector_bytes == 64 ? 12 : gemm_default_rows, 2>;
 #endif
 
 // The product by Eigen, with each operand mapped in the storage order it has, so that Eigen's
@@ -353,13 +358,17 @@ void gemm(const MatrixView<T>& a, const MatrixView<T>& b, T* c, index_t ldc, boo
         return;
     }
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
-    // A narrow C (a 7x7 feature map has 49 columns) would waste a third of the register tile's
-    // width on padding: Eigen's narrower tile does better there (measured on ResNet-50's
-    // layer4, whose products also use each weight too few times to pay for packing it).
+    // A narrow C (a 7x7 feature map has 49 columns) would waste up to half of the register
+    // tile's width on padding: a narrower tile, or Eigen's, does better there. (Convolutions
+    // with small outputs do not come here: they multiply transposed, see ops/conv.hpp.)
     if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
-        constexpr index_t nr = GemmKernel<T>::nr;
-        if (5 * ((N + nr - 1) / nr * nr) <= 6 * N) {
+        const auto pads_little = [N](index_t nr) { return 5 * ((N + nr - 1) / nr * nr) <= 6 * N; };
+        if (pads_little(GemmKernel<T>::nr)) {
             gemm_parts(a, b, c, ldc, accumulate, parallel);
+            return;
+        }
+        if (pads_little(NarrowGemmKernel<T>::nr)) {
+            gemm_parts<NarrowGemmKernel<T>>(a, b, nullptr, c, ldc, accumulate, parallel);
             return;
         }
     }
