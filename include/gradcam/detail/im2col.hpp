@@ -105,23 +105,25 @@ void col2im_add(const T* col, const ConvGeometry& g, T* x, index_t oh0, index_t 
 }
 
 // The same for all output rows from col^T, whose row p (an output pixel) holds that pixel's
-// g.rows() values, rows ld apart. Channels on separate threads; each pixel's values for a
-// channel are read together.
+// g.rows() values, rows ld apart. Channels on separate threads. Within a row of outputs, a
+// pixel's values for one channel share a cache line, so going across the pixels once per kernel
+// tap reads each line from memory once.
 template <class T>
 void col2im_add_transposed(const T* col_t, index_t ld, const ConvGeometry& g, T* x) {
     const index_t plane = g.height * g.width, taps = g.kernel_h * g.kernel_w;
     parallel_for(g.channels, g.rows() * g.cols() >= parallel_grain, [&](index_t c, int) {
-        T* x_c = x + c * plane;
         for (index_t oh = 0; oh < g.out_h; ++oh)
-            for (index_t ow = 0; ow < g.out_w; ++ow) {
-                const T* values = col_t + (oh * g.out_w + ow) * ld + c * taps;
-                for (index_t i = 0; i < g.kernel_h; ++i) {
-                    const index_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
-                    if (ih < 0 || ih >= g.height) continue;
-                    for (index_t j = 0; j < g.kernel_w; ++j) {
-                        const index_t iw = ow * g.stride_w - g.pad_w + j * g.dilation_w;
-                        if (iw >= 0 && iw < g.width) x_c[ih * g.width + iw] += values[i * g.kernel_w + j];
-                    }
+            for (index_t i = 0; i < g.kernel_h; ++i) {
+                const index_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
+                if (ih < 0 || ih >= g.height) continue;
+                T* line = x + c * plane + ih * g.width;
+                const T* values = col_t + oh * g.out_w * ld + c * taps + i * g.kernel_w;
+                for (index_t j = 0; j < g.kernel_w; ++j) {
+                    const index_t offset = j * g.dilation_w - g.pad_w;
+                    index_t first, last;
+                    valid_columns(offset, g.stride_w, g.width, g.out_w, first, last);
+                    for (index_t ow = first; ow < last; ++ow)
+                        line[offset + ow * g.stride_w] += values[ow * ld + j];
                 }
             }
     });
