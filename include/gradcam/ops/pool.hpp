@@ -103,6 +103,7 @@ Var<T> max_pool2d(const Var<T>& x, const Pool2dOptions& options = {}) {
         });
         return x.tape().record("max_pool2d", std::move(y), {x}, nullptr);
     }
+    T* ys = y.data();
     detail::parallel_for(planes, parallel, [&](index_t p, int) {
         const T* in = xs + p * in_plane;
         for (index_t oh = 0; oh < g.out_h; ++oh) {
@@ -130,7 +131,7 @@ Var<T> max_pool2d(const Var<T>& x, const Pool2dOptions& options = {}) {
                     }
                 }
                 const index_t o = p * out_plane + oh * g.out_w + ow;
-                y[o] = best;
+                ys[o] = best;
                 if (keep_argmax)
                     argmax[static_cast<std::size_t>(o)] = static_cast<std::int32_t>(best_at);
             }
