@@ -24,6 +24,8 @@ namespace gradcam::detail {
 // 14x14 lose).
 inline constexpr index_t winograd_min_channels = 16;
 inline constexpr index_t winograd_min_tiles = 128;
+// Transformed kernels up to this many values (4 MiB of float) are kept with the weights.
+inline constexpr index_t winograd_kept_kernels_max = index_t(1) << 20;
 
 inline bool winograd_applies(const ConvGeometry& g, index_t out_channels) {
     return g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == 1 && g.stride_w == 1 &&

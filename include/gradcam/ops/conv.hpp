@@ -195,10 +195,21 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
     const T* ws = weight.value().data();
     const index_t rows_per_tile = detail::tile_rows(g);
     const bool winograd = groups == 1 && detail::winograd_applies(g, out_channels);
-    Tensor<T> kernels;  // Winograd's transformed weights, shared by the images
+    // Winograd's transformed weights, shared by the images. Kept with the weights when they are
+    // small, as in every ResNet (making them costs 2% of a ResNet-50 forward); VGG's 512-channel
+    // layers make theirs on each call, so that a Grad-CAM's memory does not grow by 16/9 of
+    // those weights.
+    std::shared_ptr<const Tensor<T>> kernels;
     if (winograd) {
-        kernels = Tensor<T>::uninitialized(Shape{16, out_channels, g.channels});
-        detail::winograd_kernels(ws, out_channels, g.channels, false, kernels.data());
+        const auto make = [&](const Tensor<T>& w) {
+            Tensor<T> u = Tensor<T>::uninitialized(Shape{16, out_channels, g.channels});
+            detail::winograd_kernels(w.data(), out_channels, g.channels, false, u.data());
+            return u;
+        };
+        if (16 * out_channels * g.channels <= detail::winograd_kept_kernels_max)
+            kernels = weight.value().template derived<Tensor<T>>(1, make);
+        else
+            kernels = std::make_shared<const Tensor<T>>(make(weight.value()));
     }
     // Images in parallel when there are several; a single image's GEMM is threaded
     // inside detail::gemm.
@@ -223,7 +234,7 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
             detail::gemm(w_g, detail::view(x_group, g.rows(), g.cols()), y_group, g.cols(), false);
         } else if (winograd) {
             T* scratch = detail::thread_scratch<T>(detail::winograd_scratch_size(g, group_out));
-            detail::winograd_conv3x3(x_group, g, kernels.data(), group_out, y_group, false, scratch);
+            detail::winograd_conv3x3(x_group, g, kernels->data(), group_out, y_group, false, scratch);
         } else {
             T* col = detail::thread_scratch<T>(g.rows() * rows_per_tile * g.out_w);
             for (index_t oh0 = 0; oh0 < g.out_h; oh0 += rows_per_tile) {
@@ -252,9 +263,8 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
         if (fresh && !g.is_pointwise() && !winograd_dx)
             std::fill_n(dx, xv.size(), T(0));  // col2im adds
         const detail::ConvGeometry adjoint = detail::winograd_adjoint(g, group_out);
-        // Kept with the weights: a backward pass runs once per explanation, and the weights
-        // seldom change between them. (The forward's are not kept: a Grad-CAM's memory would
-        // grow by 16/9 of those weights.)
+        // Kept with the weights whatever their size: a Grad-CAM's backward pass does not come
+        // down to these layers, and the passes that do need memory for every activation anyway.
         std::shared_ptr<const Tensor<T>> adjoint_kernels;
         if (winograd_dx)
             adjoint_kernels = wv.template derived<Tensor<T>>(0, [&](const Tensor<T>& w) {
