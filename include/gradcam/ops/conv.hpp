@@ -68,14 +68,28 @@ inline ConvGeometry conv_geometry(const Shape& x, const Shape& w, const Shape* b
     return g;
 }
 
+// Winograd's transformed kernels of a 3x3 weight [out, in, 3, 3] (with `adjoint`, those of
+// the input gradient's convolution), kept with the weights when `keep`, else made for this call.
+template <class T>
+std::shared_ptr<const Tensor<T>> winograd_kernels_of(const Tensor<T>& weight, bool adjoint, bool keep) {
+    const auto make = [adjoint](const Tensor<T>& w) {
+        const index_t out = w.dim(0), in = w.dim(1);
+        Tensor<T> u = Tensor<T>::uninitialized(adjoint ? Shape{16, in, out} : Shape{16, out, in});
+        winograd_kernels(w.data(), out, in, adjoint, u.data());
+        return u;
+    };
+    if (!keep) return std::make_shared<const Tensor<T>>(make(weight));
+    return weight.template derived<Tensor<T>>(adjoint, make);
+}
+
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
 // Small outputs (the 7x7 to 28x28 maps deep in a network) are computed transposed, pixels down
 // and output channels across: Y^T = im2col(X)^T W^T. The register tile then spans output
 // channels (multiples of 64 in every torchvision network) instead of pixels (49 or 196, which a
-// tile 32 wide pads by up to a third), and W^T, the large operand there, is packed once per
+// tile 48 wide pads by up to a half), and W^T, the large operand there, is packed once per
 // weight tensor (Tensor::derived) rather than on every call. The 7 x 4 AVX-512 tile fits the 7,
-// 14, 28 and 56 pixel rows of those maps exactly. Measured per layer on ResNet-50: 1.2-1.4x
-// faster than the untransposed product from 14x14 down, on par at 28x28.
+// 14, 28 and 56 pixel rows of those maps exactly. Measured per layer on ResNet-50: 1.15-1.45x
+// faster than the untransposed product from 28x28 down.
 template <class T>
 using PixelMajorKernel = GemmKernel<T, gemm_vector_bytes == 64 ? 7 : gemm_default_rows,
                                     gemm_vector_bytes == 64 ? 4 : 2>;
@@ -200,25 +214,17 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
     // layers make theirs on each call, so that a Grad-CAM's memory does not grow by 16/9 of
     // those weights.
     std::shared_ptr<const Tensor<T>> kernels;
-    if (winograd) {
-        const auto make = [&](const Tensor<T>& w) {
-            Tensor<T> u = Tensor<T>::uninitialized(Shape{16, out_channels, g.channels});
-            detail::winograd_kernels(w.data(), out_channels, g.channels, false, u.data());
-            return u;
-        };
-        if (16 * out_channels * g.channels <= detail::winograd_kept_kernels_max)
-            kernels = weight.value().template derived<Tensor<T>>(1, make);
-        else
-            kernels = std::make_shared<const Tensor<T>>(make(weight.value()));
-    }
-    // Images in parallel when there are several; a single image's GEMM is threaded
-    // inside detail::gemm.
-    // Each image is lowered a tile of output rows at a time, so the buffer stays small.
+    if (winograd)
+        kernels = detail::winograd_kernels_of(
+            weight.value(), false, 16 * out_channels * g.channels <= detail::winograd_kept_kernels_max);
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
     std::shared_ptr<const detail::PackedConvWeights<T>> packed;
     if (!winograd && detail::pixel_major_applies<T>(g))
         packed = detail::packed_conv_weights(weight.value(), groups, false);
 #endif
+    // Images in parallel when there are several; a single image's GEMM is threaded
+    // inside detail::gemm.
+    // Each image is lowered a tile of output rows at a time, so the buffer stays small.
     detail::parallel_for(batch * groups, batch > 1, [&](index_t item, int) {
         const index_t gi = item % groups;
         const T* x_group = xs + item * in_plane;
@@ -266,12 +272,7 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
         // Kept with the weights whatever their size: a Grad-CAM's backward pass does not come
         // down to these layers, and the passes that do need memory for every activation anyway.
         std::shared_ptr<const Tensor<T>> adjoint_kernels;
-        if (winograd_dx)
-            adjoint_kernels = wv.template derived<Tensor<T>>(0, [&](const Tensor<T>& w) {
-                Tensor<T> u = Tensor<T>::uninitialized(Shape{16, g.channels, group_out});
-                detail::winograd_kernels(w.data(), group_out, g.channels, true, u.data());
-                return u;
-            });
+        if (winograd_dx) adjoint_kernels = detail::winograd_kernels_of(wv, true, true);
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
         std::shared_ptr<const detail::PackedConvWeights<T>> adjoint_packed;
         if (want_x && !winograd_dx && detail::pixel_major_applies<T>(g))
