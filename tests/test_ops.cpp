@@ -88,36 +88,36 @@ TEST_CASE("ops: forward values match PyTorch in double") {
     check_every_case<double>(2e-6);
 }
 
-// The direct sum y[k, i, j] = sum_{c, a, b} w[k, c, a, b] x[c, i + a - p, j + b - p] in double.
-Tensor<double> direct_conv3x3(const Tensor<double>& x, const Tensor<double>& w, Size2 pad) {
-    const index_t C = x.dim(1), H = x.dim(2), W = x.dim(3), K = w.dim(0);
-    const index_t out_h = H + 2 * pad.h - 2, out_w = W + 2 * pad.w - 2;
-    Tensor<double> y(Shape{1, K, out_h, out_w});
-    for (index_t k = 0; k < K; ++k)
-        for (index_t i = 0; i < out_h; ++i)
-            for (index_t j = 0; j < out_w; ++j) {
-                double sum = 0;
-                for (index_t c = 0; c < C; ++c)
-                    for (index_t a = 0; a < 3; ++a)
-                        for (index_t b = 0; b < 3; ++b) {
-                            const index_t ih = i + a - pad.h, iw = j + b - pad.w;
-                            if (ih >= 0 && ih < H && iw >= 0 && iw < W)
-                                sum += w[((k * C + c) * 3 + a) * 3 + b] * x[(c * H + ih) * W + iw];
-                        }
-                y[(k * out_h + i) * out_w + j] = sum;
-            }
-    return y;
-}
-
-// The kernels of the convolution that maps output gradients back to the input: transposed
-// (in and out channels swapped) and rotated by 180 degrees.
-Tensor<double> adjoint_kernels(const Tensor<double>& w) {
-    const index_t K = w.dim(0), C = w.dim(1);
-    Tensor<double> adjoint(Shape{C, K, 3, 3});
-    for (index_t k = 0; k < K; ++k)
-        for (index_t c = 0; c < C; ++c)
-            for (index_t i = 0; i < 9; ++i) adjoint[(c * K + k) * 9 + 8 - i] = w[(k * C + c) * 9 + i];
-    return adjoint;
+// conv2d(x, w) + bias from its definition in double, and the input gradient of sum(r * y):
+// each term w[k, c, a, b] x[n, c, ih, iw] of y[n, k, i, j] adds w[k, c, a, b] r[n, k, i, j]
+// to dx[n, c, ih, iw].
+struct DirectConv {
+    Tensor<double> y, dx;
+};
+DirectConv direct_conv2d(const Tensor<double>& x, const Tensor<double>& w, const Tensor<double>* bias,
+                         const Tensor<double>& r, const Conv2dOptions& o) {
+    DirectConv out{Tensor<double>(r.shape()), Tensor<double>(x.shape())};
+    const index_t N = x.dim(0), H = x.dim(2), W = x.dim(3);
+    const index_t K = w.dim(0), group_in = w.dim(1), kh = w.dim(2), kw = w.dim(3);
+    const index_t out_h = r.dim(2), out_w = r.dim(3);
+    for (index_t n = 0; n < N; ++n)
+        for (index_t k = 0; k < K; ++k)
+            for (index_t i = 0; i < out_h; ++i)
+                for (index_t j = 0; j < out_w; ++j) {
+                    double sum = bias ? (*bias)[k] : 0.0;
+                    for (index_t c = 0; c < group_in; ++c)
+                        for (index_t a = 0; a < kh; ++a)
+                            for (index_t b = 0; b < kw; ++b) {
+                                const index_t ih = i * o.stride.h - o.padding.h + a * o.dilation.h;
+                                const index_t iw = j * o.stride.w - o.padding.w + b * o.dilation.w;
+                                if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                                const index_t channel = k / (K / o.groups) * group_in + c;
+                                sum += w(k, c, a, b) * x(n, channel, ih, iw);
+                                out.dx(n, channel, ih, iw) += w(k, c, a, b) * r(n, k, i, j);
+                            }
+                    out.y(n, k, i, j) = sum;
+                }
+    return out;
 }
 
 TEST_CASE("ops: conv2d by Winograd F(2x2, 3x3) equals the direct sum, forward and backward") {
@@ -128,51 +128,26 @@ TEST_CASE("ops: conv2d by Winograd F(2x2, 3x3) equals the direct sum, forward an
         Tensor<double> x(Shape{1, 20, h, w}), kernels(Shape{24, 20, 3, 3});
         for (double& v : x) v = random.normal();
         for (double& v : kernels) v = random.normal();
-        const Tensor<double> expected = direct_conv3x3(x, kernels, pad);
         REQUIRE(detail::winograd_applies(
             detail::conv_geometry(x.shape(), kernels.shape(), nullptr, {.padding = pad}), 24));
         Tape<double> tape;
         const Var<double> xv = tape.variable(x);
         const Var<double> y = conv2d(xv, tape.constant(kernels), {.padding = pad});
-        check_close(y.value(), expected, 1e-12, "double");
-        // dL/dx for L = sum(r * y) is the direct sum over r with the adjoint kernels, padded by
-        // 2 - p (negative: a crop, for p = 3, where the gradient goes through col2im).
-        Tensor<double> r(expected.shape());
+        // The input gradient of L = sum(r * y) goes by Winograd too, as a convolution of r padded
+        // by 2 - p (negative: a crop, for p = 3, where it goes through col2im instead).
+        Tensor<double> r(y.shape());
         for (double& v : r) v = random.normal();
-        check_close(tape.gradient(sum(mul(tape.constant(r), y)), {xv})[0],
-                    direct_conv3x3(r, adjoint_kernels(kernels), {2 - pad.h, 2 - pad.w}), 1e-12,
+        const DirectConv expected = direct_conv2d(x, kernels, nullptr, r, {.padding = pad});
+        check_close(y.value(), expected.y, 1e-12, "double");
+        check_close(tape.gradient(sum(mul(tape.constant(r), y)), {xv})[0], expected.dx, 1e-12,
                     "input gradient");
         Tape<float> float_tape;
         check_close(conv2d(float_tape.constant(x.cast<float>()),
                            float_tape.constant(kernels.cast<float>()), {.padding = pad})
                         .value()
                         .cast<double>(),
-                    expected, 1e-5, "float");
+                    expected.y, 1e-5, "float");
     }
-}
-
-// conv2d from its definition in double: visit(n, k, i, j, c, ih, iw, weight) for every term
-// w[k, c, a, b] x[n, c, ih, iw] of every output y[n, k, i, j] (c counted over all groups).
-template <class Visit>
-void for_each_conv_term(const Shape& x, const Tensor<double>& w, const Conv2dOptions& o,
-                        Visit&& visit) {
-    const index_t N = x[0], H = x[2], W = x[3];
-    const index_t K = w.dim(0), group_in = w.dim(1), kh = w.dim(2), kw = w.dim(3);
-    const index_t out_h = (H + 2 * o.padding.h - o.dilation.h * (kh - 1) - 1) / o.stride.h + 1;
-    const index_t out_w = (W + 2 * o.padding.w - o.dilation.w * (kw - 1) - 1) / o.stride.w + 1;
-    for (index_t n = 0; n < N; ++n)
-        for (index_t k = 0; k < K; ++k)
-            for (index_t i = 0; i < out_h; ++i)
-                for (index_t j = 0; j < out_w; ++j)
-                    for (index_t c = 0; c < group_in; ++c)
-                        for (index_t a = 0; a < kh; ++a)
-                            for (index_t b = 0; b < kw; ++b) {
-                                const index_t ih = i * o.stride.h - o.padding.h + a * o.dilation.h;
-                                const index_t iw = j * o.stride.w - o.padding.w + b * o.dilation.w;
-                                if (ih >= 0 && ih < H && iw >= 0 && iw < W)
-                                    visit(n, k, i, j, k / (K / o.groups) * group_in + c, ih, iw,
-                                          w(k, c, a, b));
-                            }
 }
 
 TEST_CASE("ops: conv2d's three lowerings equal the direct sum, forward and back, and follow changes to the weights") {
@@ -212,26 +187,18 @@ TEST_CASE("ops: conv2d's three lowerings equal the direct sum, forward and back,
             Tape<double> tape;
             const Var<double> xv = tape.variable(x);
             const Var<double> y = conv2d(xv, tape.parameter(w), tape.constant(bias), c.options);
-            Tensor<double> expected(y.shape()), r(y.shape()), dx(x.shape());
+            Tensor<double> r(y.shape());
             for (double& v : r) v = random.normal();
-            const index_t plane = y.shape()[2] * y.shape()[3];
-            for (index_t e = 0; e < expected.size(); ++e) expected[e] = bias[e / plane % c.w[0]];
-            for_each_conv_term(x.shape(), w, c.options,
-                               [&](index_t n, index_t k, index_t i, index_t j, index_t ch,
-                                   index_t ih, index_t iw, double weight) {
-                                   expected(n, k, i, j) += weight * x(n, ch, ih, iw);
-                                   dx(n, ch, ih, iw) += weight * r(n, k, i, j);
-                               });
-            check_close(y.value(), expected, 1e-12, "double");
-            // dL/dx for L = sum(r * y): each term's weight times r at its output.
-            check_close(tape.gradient(sum(mul(tape.constant(r), y)), {xv})[0], dx, 1e-12,
+            const DirectConv expected = direct_conv2d(x, w, &bias, r, c.options);
+            check_close(y.value(), expected.y, 1e-12, "double");
+            check_close(tape.gradient(sum(mul(tape.constant(r), y)), {xv})[0], expected.dx, 1e-12,
                         "input gradient");
             Tape<float> float_tape;
             check_close(conv2d(float_tape.constant(x.cast<float>()), float_tape.parameter(wf),
                                float_tape.constant(bias.cast<float>()), c.options)
                             .value()
                             .cast<double>(),
-                        expected, 2e-5, "float");
+                        expected.y, 2e-5, "float");
             if (change == 0) {
                 w[3] += 1.0;
                 wf[3] += 1.0f;

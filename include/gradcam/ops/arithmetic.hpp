@@ -13,9 +13,10 @@ template <class T>
 Var<T> add(const Var<T>& a, const Var<T>& b) {
     detail::expect_same_shape(a.shape(), b.shape(), "add");
     Tensor<T> y = Tensor<T>::uninitialized(a.shape());
+    T* ys = y.data();
     detail::parallel_chunks(y.size(), [&](index_t begin, index_t count) {
-        detail::array(y.data() + begin, count) = detail::array(a.value().data() + begin, count) +
-                                                 detail::array(b.value().data() + begin, count);
+        detail::array(ys + begin, count) = detail::array(a.value().data() + begin, count) +
+                                           detail::array(b.value().data() + begin, count);
     });
     return a.tape().record("add", std::move(y), {a, b},
                            [](const Node<T>&, const Tensor<T>& dy, GradientSink<T>& sink) {

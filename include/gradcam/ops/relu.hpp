@@ -18,8 +18,9 @@ namespace gradcam {
 template <class T>
 Var<T> relu(const Var<T>& x) {
     Tensor<T> y = Tensor<T>::uninitialized(x.shape());
+    T* ys = y.data();
     detail::parallel_chunks(y.size(), [&](index_t begin, index_t count) {
-        detail::array(y.data() + begin, count) =
+        detail::array(ys + begin, count) =
             detail::array(x.value().data() + begin, count).max(T(0));
     });
     return x.tape().record(
