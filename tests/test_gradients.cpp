@@ -57,6 +57,13 @@ void check_winograd_conv(const char* what, Shape x, Shape w, bool with_bias, Con
                {.eps = 1e-3, .forward_tolerance = 2e-5, .sampled_elements = 400});
 }
 
+void check_winograd_transposed_conv(const char* what, Shape x, Shape w, bool with_bias,
+                                    Conv2dOptions o, Random& random) {
+    REQUIRE(detail::winograd_transposed_applies<double>(detail::conv_geometry(x, w, nullptr, o), w[0]));
+    check_conv(what, x, w, with_bias, o, random,
+               {.eps = 1e-3, .forward_tolerance = 2e-5, .sampled_elements = 400});
+}
+
 void check_max_pool(const char* what, Shape x, Pool2dOptions o, Random& random) {
     check_gradients(
         what, {well_spaced(x, random)}, [o](const auto& v) { return max_pool2d(v[0], o); }, random);
@@ -130,6 +137,15 @@ TEST_CASE("gradient: conv2d") {
     SUBCASE("Winograd forward, padding 3 (the input gradient through col2im)") {
         check_winograd_conv("conv2d winograd padding 3", {1, 16, 11, 27}, {16, 16, 3, 3}, false,
                             {.padding = 3}, random);
+    }
+    // Fewer tiles: Winograd with its products transposed (the 14x14 and 7x7 maps of ResNet).
+    SUBCASE("Winograd transposed, padding 1, odd output 7x9") {
+        check_winograd_transposed_conv("conv2d winograd transposed padding 1", {2, 16, 7, 9},
+                                       {17, 16, 3, 3}, true, {.padding = 1}, random);
+    }
+    SUBCASE("Winograd transposed, no padding") {
+        check_winograd_transposed_conv("conv2d winograd transposed padding 0", {1, 18, 10, 12},
+                                       {16, 18, 3, 3}, false, {}, random);
     }
     SUBCASE("non-square kernel") {
         check_conv("conv2d kernel 2x4", {2, 3, 5, 8}, {4, 3, 2, 4}, true,

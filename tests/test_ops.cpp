@@ -150,17 +150,18 @@ TEST_CASE("ops: conv2d by Winograd F(2x2, 3x3) equals the direct sum, forward an
     }
 }
 
-TEST_CASE("ops: conv2d's three lowerings equal the direct sum, forward and back, and follow changes to the weights") {
+TEST_CASE("ops: conv2d's four lowerings equal the direct sum, forward and back, and follow changes to the weights") {
     Random random(91);
-    // The product transposed with the weights packed once, the product as it is, Winograd's.
-    enum class Lowering { pixel_major, channel_major, winograd };
+    // The product transposed with the weights packed once, the product as it is, Winograd's, and
+    // Winograd's with its 16 products transposed and its kernels packed once (small outputs).
+    enum class Lowering { pixel_major, channel_major, winograd, winograd_transposed };
     struct Case {
         Shape x, w;
         Conv2dOptions options;
         Lowering lowering;
     };
     const std::vector<Case> cases = {
-        {Shape{1, 24, 7, 7}, Shape{70, 24, 3, 3}, {.padding = 1}, Lowering::pixel_major},
+        {Shape{1, 12, 7, 7}, Shape{70, 12, 3, 3}, {.padding = 1}, Lowering::pixel_major},
         {Shape{2, 16, 9, 11}, Shape{40, 8, 3, 3}, {.stride = 2, .padding = 1, .groups = 2}, Lowering::pixel_major},
         {Shape{2, 64, 6, 5}, Shape{36, 64, 1, 1}, {}, Lowering::pixel_major},
         {Shape{1, 32, 13, 12}, Shape{10, 32, 1, 1}, {.stride = 2}, Lowering::pixel_major},
@@ -168,6 +169,9 @@ TEST_CASE("ops: conv2d's three lowerings equal the direct sum, forward and back,
         {Shape{2, 3, 40, 36}, Shape{20, 3, 5, 5}, {.stride = 2, .padding = 2}, Lowering::channel_major},
         {Shape{1, 8, 33, 33}, Shape{12, 8, 1, 1}, {}, Lowering::channel_major},
         {Shape{1, 16, 24, 24}, Shape{20, 16, 3, 3}, {.padding = 1}, Lowering::winograd},
+        {Shape{1, 24, 7, 7}, Shape{70, 24, 3, 3}, {.padding = 1}, Lowering::winograd_transposed},
+        {Shape{2, 20, 10, 9}, Shape{33, 20, 3, 3}, {}, Lowering::winograd_transposed},
+        {Shape{1, 16, 9, 12}, Shape{16, 16, 3, 3}, {.padding = {2, 1}}, Lowering::winograd_transposed},
     };
     for (const Case& c : cases) {
         INFO("input " << c.x << ", weight " << c.w);
@@ -178,7 +182,10 @@ TEST_CASE("ops: conv2d's three lowerings equal the direct sum, forward and back,
         const detail::ConvGeometry g = detail::conv_geometry(x.shape(), w.shape(), nullptr, c.options);
         const bool winograd = detail::winograd_applies(g, c.w[0]);
         REQUIRE(winograd == (c.lowering == Lowering::winograd));
-        if (!winograd)
+        const bool winograd_transposed = c.options.groups == 1 &&
+                                         detail::winograd_transposed_applies<double>(g, c.w[0]);
+        REQUIRE(winograd_transposed == (c.lowering == Lowering::winograd_transposed));
+        if (!winograd && !winograd_transposed)
             REQUIRE(detail::pixel_major_applies<double>(g) == (c.lowering == Lowering::pixel_major));
         Tensor<float> wf = w.cast<float>();
         // The weights go in as a module's parameters do, by reference, so that their packed

@@ -49,6 +49,29 @@ MatrixView<T> view(const T* data, index_t rows, index_t cols, index_t stride) {
     return {data, rows, cols, stride, 1};
 }
 
+// dst (cols x rows) = src^T, or += with `accumulate`; src's rows are ld apart. By blocks of
+// dst's rows on threads.
+template <class T>
+void transpose_into(const T* src, index_t rows, index_t cols, index_t ld, T* dst, bool accumulate) {
+    const index_t block = 64, blocks = (cols + block - 1) / block;
+    parallel_for(blocks, rows * cols >= parallel_grain, [&](index_t b, int) {
+        const index_t c0 = b * block, count = std::min(block, cols - c0);
+        auto out = matrix(dst + c0 * rows, count, rows);
+        const auto in = matrix(src + c0, rows, count, ld).transpose();
+        if (accumulate)
+            out += in;
+        else
+            out = in;
+    });
+}
+
+// Rows of a transposed product's result a little longer than `cols`: at a power-of-two stride
+// the transpose back would read lines that all fall into the same cache set.
+template <class T>
+index_t padded_stride(index_t cols) {
+    return cols + 64 / static_cast<index_t>(sizeof(T));
+}
+
 // Translation units built for different vector widths get differently named copies of what
 // follows, so that a program mixing them cannot pair one's packing with the other's kernel.
 #if defined(__AVX512F__)

@@ -104,6 +104,57 @@ inline index_t winograd_scratch_size(const ConvGeometry& g, index_t out_channels
            ((g.out_w + 1) / 2);
 }
 
+// V[e][c][tile] = B^T d B for the tiles of tile rows [ty0, ty1) of the g.channels planes x,
+// with B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], zero outside the input. A row of tiles at
+// a time, so the loops run along whole rows and vectorise: first B^T combines the tile row's
+// four input rows, then B their columns, two apart per tile.
+template <class T>
+void winograd_input_transform(const T* x, const ConvGeometry& g, index_t ty0, index_t ty1, T* v,
+                              bool parallel) {
+    const index_t C = g.channels, tiles_w = (g.out_w + 1) / 2, tiles = (ty1 - ty0) * tiles_w;
+    parallel_for(C, parallel, [&](index_t c, int) {
+        const index_t span = 2 * tiles_w + 2;  // input columns -pad_w .. under the tile row
+        std::vector<T> buffer(8 * span);
+        T* d = buffer.data();             // the four input rows, zero-padded
+        T* t = buffer.data() + 4 * span;  // B^T d
+        const T* plane = x + c * g.height * g.width;
+        // The input's columns go to [pad_w, width + pad_w) of a row buffer (they fit: span >=
+        // out_w + 2 = width + 2 pad_w).
+        for (index_t ty = ty0; ty < ty1; ++ty) {
+            for (int a = 0; a < 4; ++a) {
+                T* row = d + a * span;
+                const index_t ih = 2 * ty - g.pad_h + a;
+                std::fill_n(row, span, T(0));
+                if (ih >= 0 && ih < g.height)
+                    std::copy_n(plane + ih * g.width, g.width, row + g.pad_w);
+            }
+            for (index_t j = 0; j < span; ++j) {
+                t[j] = d[j] - d[2 * span + j];
+                t[span + j] = d[span + j] + d[2 * span + j];
+                t[2 * span + j] = d[2 * span + j] - d[span + j];
+                t[3 * span + j] = d[span + j] - d[3 * span + j];
+            }
+            T* out = v + c * tiles + (ty - ty0) * tiles_w;
+            const index_t e_stride = C * tiles;
+            for (int a = 0; a < 4; ++a) {
+                const T* ta = t + a * span;
+                T* v0 = out + (a * 4 + 0) * e_stride;
+                T* v1 = out + (a * 4 + 1) * e_stride;
+                T* v2 = out + (a * 4 + 2) * e_stride;
+                T* v3 = out + (a * 4 + 3) * e_stride;
+                for (index_t tx = 0; tx < tiles_w; ++tx) {
+                    const T t0 = ta[2 * tx], t1 = ta[2 * tx + 1], t2 = ta[2 * tx + 2],
+                            t3 = ta[2 * tx + 3];
+                    v0[tx] = t0 - t2;
+                    v1[tx] = t1 + t2;
+                    v2[tx] = t2 - t1;
+                    v3[tx] = t1 - t3;
+                }
+            }
+        }
+    });
+}
+
 // y[k] (out_channels planes of g.out_h x g.out_w) = (or +=, with `accumulate`) the 3x3
 // convolution of the g.channels planes x with the kernels whose transforms winograd_kernels
 // made. `scratch` holds winograd_scratch_size(...) values. The transforms' small row buffers
@@ -122,50 +173,7 @@ void winograd_conv3x3(const T* x, const ConvGeometry& g, const T* u, index_t out
         T* m = scratch + 16 * C * tiles;  // M[e][k][tile]
         const bool parallel = C * tiles >= parallel_grain / 16;
 
-        // V = B^T d B with B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], zero outside the input.
-        // A row of tiles at a time, so the loops run along whole rows and vectorise: first B^T
-        // combines the tile row's four input rows, then B their columns, two apart per tile.
-        parallel_for(C, parallel, [&](index_t c, int) {
-            const index_t span = 2 * tiles_w + 2;  // input columns -pad_w .. under the tile row
-            std::vector<T> buffer(8 * span);
-            T* d = buffer.data();             // the four input rows, zero-padded
-            T* t = buffer.data() + 4 * span;  // B^T d
-            const T* plane = x + c * g.height * g.width;
-            // The input's columns go to [pad_w, width + pad_w) of a row buffer (they fit: span >=
-            // out_w + 2 = width + 2 pad_w).
-            for (index_t ty = ty0; ty < ty1; ++ty) {
-                for (int a = 0; a < 4; ++a) {
-                    T* row = d + a * span;
-                    const index_t ih = 2 * ty - g.pad_h + a;
-                    std::fill_n(row, span, T(0));
-                    if (ih >= 0 && ih < g.height)
-                        std::copy_n(plane + ih * g.width, g.width, row + g.pad_w);
-                }
-                for (index_t j = 0; j < span; ++j) {
-                    t[j] = d[j] - d[2 * span + j];
-                    t[span + j] = d[span + j] + d[2 * span + j];
-                    t[2 * span + j] = d[2 * span + j] - d[span + j];
-                    t[3 * span + j] = d[span + j] - d[3 * span + j];
-                }
-                T* out = v + c * tiles + (ty - ty0) * tiles_w;
-                const index_t e_stride = C * tiles;
-                for (int a = 0; a < 4; ++a) {
-                    const T* ta = t + a * span;
-                    T* v0 = out + (a * 4 + 0) * e_stride;
-                    T* v1 = out + (a * 4 + 1) * e_stride;
-                    T* v2 = out + (a * 4 + 2) * e_stride;
-                    T* v3 = out + (a * 4 + 3) * e_stride;
-                    for (index_t tx = 0; tx < tiles_w; ++tx) {
-                        const T t0 = ta[2 * tx], t1 = ta[2 * tx + 1], t2 = ta[2 * tx + 2],
-                                t3 = ta[2 * tx + 3];
-                        v0[tx] = t0 - t2;
-                        v1[tx] = t1 + t2;
-                        v2[tx] = t2 - t1;
-                        v3[tx] = t1 - t3;
-                    }
-                }
-            }
-        });
+        winograd_input_transform(x, g, ty0, ty1, v, parallel);
 
         // M_e = U_e V_e: 16 products on separate threads, or one after another, each threaded.
         parallel_for(16, parallel, [&](index_t e, int) {
@@ -211,5 +219,55 @@ void winograd_conv3x3(const T* x, const ConvGeometry& g, const T* u, index_t out
         });
     }
 }
+
+#if defined(GRADCAM_DETAIL_OWN_GEMM)
+// The same convolution for small outputs (14x14 maps: 49 tiles), where U_e V_e would be 49
+// columns wide. The products run transposed, as conv_pixel_major's do, tiles down and output
+// channels across: M_e^T (tiles x K) = V_e^T U_e^T, with each U_e^T packed once (`u_t`, for
+// Kernel). The output transform then runs along the channels of a tile, into Y^T, which is
+// transposed back. The whole image at once; the 16 products on separate threads.
+template <class Kernel, class T>
+void winograd_conv3x3_transposed(const T* x, const ConvGeometry& g,
+                                 const std::vector<typename Kernel::PackedRight>& u_t,
+                                 index_t out_channels, T* y, bool accumulate) {
+    const index_t C = g.channels, K = out_channels;
+    const index_t tiles_h = (g.out_h + 1) / 2, tiles_w = (g.out_w + 1) / 2, tiles = tiles_h * tiles_w;
+    const index_t ld_m = padded_stride<T>(K), ld_y = padded_stride<T>(K);
+    T* v = thread_scratch<T>(16 * C * tiles + 16 * tiles * ld_m);  // V[e][c][tile]
+    T* m = v + 16 * C * tiles;                                     // M^T[e][tile][k]
+    T* y_t = thread_scratch<T, 3>(g.out_h * g.out_w * ld_y);       // Y^T[pixel][k]
+    winograd_input_transform(x, g, 0, tiles_h, v, true);
+
+    const MatrixView<T> u_shape{nullptr, C, K, 1, C};
+    parallel_for(16, true, [&](index_t e, int) {
+        gemm_parts<Kernel>(view(v + e * C * tiles, C, tiles).transposed(), u_shape,
+                           &u_t[static_cast<std::size_t>(e)], m + e * tiles * ld_m, ld_m, false,
+                           false);
+    });
+
+    // Y = A^T M A with A^T = [1 1 1 0; 0 1 -1 -1], cut to the output's edge; per tile, along K.
+    const index_t e_stride = tiles * ld_m;
+    parallel_for(tiles, true, [&](index_t tile, int) {
+        const index_t ty = tile / tiles_w, tx = tile % tiles_w;
+        const T* mt = m + tile * ld_m;
+        for (int a = 0; a < 2 && 2 * ty + a < g.out_h; ++a) {
+            T* left = y_t + ((2 * ty + a) * g.out_w + 2 * tx) * ld_y;
+            T* right = left + ld_y;
+            const bool has_right = 2 * tx + 1 < g.out_w;
+            for (index_t k = 0; k < K; ++k) {
+                T s[4];  // row a of A^T M
+                for (int b = 0; b < 4; ++b) {
+                    const T m0 = mt[b * e_stride + k], m1 = mt[(4 + b) * e_stride + k],
+                            m2 = mt[(8 + b) * e_stride + k], m3 = mt[(12 + b) * e_stride + k];
+                    s[b] = a == 0 ? m0 + m1 + m2 : m1 - m2 - m3;
+                }
+                left[k] = s[0] + s[1] + s[2];
+                if (has_right) right[k] = s[1] - s[2] - s[3];
+            }
+        }
+    });
+    transpose_into(y_t, g.out_h * g.out_w, K, ld_y, y, accumulate);
+}
+#endif
 
 }  // namespace gradcam::detail

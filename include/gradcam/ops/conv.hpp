@@ -122,27 +122,35 @@ std::shared_ptr<const PackedConvWeights<T>> packed_conv_weights(const Tensor<T>&
         });
 }
 
-// dst (cols x rows) = src^T, or += with `accumulate`; src's rows are ld apart. By blocks of
-// dst's rows on threads.
+// Winograd's transformed kernels with each position's U_e^T packed for PixelMajorKernel (with
+// `adjoint`, those of the input gradient's convolution), for winograd_conv3x3_transposed.
 template <class T>
-void transpose_into(const T* src, index_t rows, index_t cols, index_t ld, T* dst, bool accumulate) {
-    const index_t block = 64, blocks = (cols + block - 1) / block;
-    parallel_for(blocks, rows * cols >= parallel_grain, [&](index_t b, int) {
-        const index_t c0 = b * block, count = std::min(block, cols - c0);
-        auto out = matrix(dst + c0 * rows, count, rows);
-        const auto in = matrix(src + c0, rows, count, ld).transpose();
-        if (accumulate)
-            out += in;
-        else
-            out = in;
-    });
+struct PackedWinogradKernels {
+    std::vector<typename PixelMajorKernel<T>::PackedRight> positions;
+};
+
+// Small outputs (fewer tiles than winograd_applies asks for) with kernels small enough to keep
+// packed: ResNet's 14x14 layers, 256 channels in and out.
+template <class T>
+bool winograd_transposed_applies(const ConvGeometry& g, index_t out_channels) {
+    return (std::is_same_v<T, float> || std::is_same_v<T, double>) && g.kernel_h == 3 &&
+           g.kernel_w == 3 && g.stride_h == 1 && g.stride_w == 1 && g.dilation_h == 1 &&
+           g.dilation_w == 1 && g.channels >= winograd_min_channels &&
+           out_channels >= winograd_min_channels && !winograd_applies(g, out_channels) &&
+           16 * g.channels * out_channels <= winograd_kept_kernels_max;
 }
 
-// Rows of a transposed product's result a little longer than `cols`: at a power-of-two stride
-// the transpose back would read lines that all fall into the same cache set.
 template <class T>
-index_t padded_stride(index_t cols) {
-    return cols + 64 / static_cast<index_t>(sizeof(T));
+std::shared_ptr<const PackedWinogradKernels<T>> packed_winograd_kernels(const Tensor<T>& weight,
+                                                                        bool adjoint) {
+    return weight.template derived<PackedWinogradKernels<T>>(adjoint, [adjoint](const Tensor<T>& w) {
+        const std::shared_ptr<const Tensor<T>> u = winograd_kernels_of(w, adjoint, false);
+        const index_t out = u->dim(1), in = u->dim(2);  // of the convolution they serve
+        PackedWinogradKernels<T> packed;
+        for (index_t e = 0; e < 16; ++e)
+            packed.positions.emplace_back(view(u->data() + e * out * in, out, in).transposed());
+        return packed;
+    });
 }
 
 // One image's group: y (group_out x pixels) = (im2col(x)^T W^T)^T, by tiles of output rows.
@@ -214,12 +222,18 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
     // layers make theirs on each call, so that a Grad-CAM's memory does not grow by 16/9 of
     // those weights.
     std::shared_ptr<const Tensor<T>> kernels;
+    bool winograd_small = false;
+#if defined(GRADCAM_DETAIL_OWN_GEMM)
+    winograd_small = groups == 1 && detail::winograd_transposed_applies<T>(g, out_channels);
+    std::shared_ptr<const detail::PackedWinogradKernels<T>> packed_kernels;
+    if (winograd_small) packed_kernels = detail::packed_winograd_kernels(weight.value(), false);
+#endif
     if (winograd)
         kernels = detail::winograd_kernels_of(
             weight.value(), false, 16 * out_channels * g.channels <= detail::winograd_kept_kernels_max);
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
     std::shared_ptr<const detail::PackedConvWeights<T>> packed;
-    if (!winograd && detail::pixel_major_applies<T>(g))
+    if (!winograd && !winograd_small && detail::pixel_major_applies<T>(g))
         packed = detail::packed_conv_weights(weight.value(), groups, false);
 #endif
     // Images in parallel when there are several; a single image's GEMM is threaded
@@ -231,7 +245,10 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
         const auto w_g = detail::view(ws + gi * group_out * g.rows(), group_out, g.rows());
         T* y_group = y.data() + item * out_plane;
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
-        if (packed) {
+        if (packed_kernels) {
+            detail::winograd_conv3x3_transposed<detail::PixelMajorKernel<T>>(
+                x_group, g, packed_kernels->positions, group_out, y_group, false);
+        } else if (packed) {
             detail::conv_pixel_major(x_group, g, (*packed)[static_cast<std::size_t>(gi)], group_out,
                                      rows_per_tile, y_group);
         } else
@@ -255,7 +272,8 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
                 detail::ConstVectorMap<T>(bias.value().data() + gi * group_out, group_out);
     });
 
-    auto backward = [g, groups, group_out, in_plane, out_plane, rows_per_tile, winograd](
+    auto backward = [g, groups, group_out, in_plane, out_plane, rows_per_tile, winograd,
+                     winograd_small](
                         const Node<T>& self, const Tensor<T>& dy, GradientSink<T>& sink) {
         const Tensor<T>& xv = self.input(0).value();
         const Tensor<T>& wv = self.input(1).value();
@@ -266,7 +284,9 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
         T* dx = want_x ? sink.of(0, fresh).data() : nullptr;
         // The input gradient by Winograd: the 3x3 convolution of dY (padded by 2 - p) back to x.
         const bool winograd_dx = want_x && winograd && detail::winograd_adjoint_applies(g);
-        if (fresh && !g.is_pointwise() && !winograd_dx)
+        const bool winograd_small_dx =
+            want_x && winograd_small && detail::winograd_adjoint_applies(g);
+        if (fresh && !g.is_pointwise() && !winograd_dx && !winograd_small_dx)
             std::fill_n(dx, xv.size(), T(0));  // col2im adds
         const detail::ConvGeometry adjoint = detail::winograd_adjoint(g, group_out);
         // Kept with the weights whatever their size: a Grad-CAM's backward pass does not come
@@ -275,8 +295,13 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
         if (winograd_dx) adjoint_kernels = detail::winograd_kernels_of(wv, true, true);
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
         std::shared_ptr<const detail::PackedConvWeights<T>> adjoint_packed;
-        if (want_x && !winograd_dx && detail::pixel_major_applies<T>(g))
+        std::shared_ptr<const detail::PackedWinogradKernels<T>> adjoint_packed_kernels;
+        if (winograd_small_dx)
+            adjoint_packed_kernels = detail::packed_winograd_kernels(wv, true);
+        else if (want_x && !winograd_dx && detail::pixel_major_applies<T>(g))
             adjoint_packed = detail::packed_conv_weights(wv, groups, true);
+#else
+        (void)winograd_small_dx;
 #endif
         // The weight gradient sums over images: each thread sums into its own copy.
         const bool parallel = batch > 1;
@@ -295,7 +320,13 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
                              : nullptr;
             bool dx_done = false;
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
-            if (adjoint_packed) {
+            if (adjoint_packed_kernels) {
+                detail::winograd_conv3x3_transposed<detail::PixelMajorKernel<T>>(
+                    dy_group, adjoint, adjoint_packed_kernels->positions, g.channels,
+                    dx + item * in_plane, !fresh);
+                dx_done = true;
+                if (!want_w) return;
+            } else if (adjoint_packed) {
                 detail::conv_pixel_major_adjoint(dy_group, g, (*adjoint_packed)[static_cast<std::size_t>(gi)],
                                                  group_out, dx + item * in_plane,
                                                  !(fresh && g.is_pointwise()));
