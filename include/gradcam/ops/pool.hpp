@@ -76,67 +76,48 @@ Var<T> max_pool2d(const Var<T>& x, const Pool2dOptions& options = {}) {
     std::vector<std::int32_t> argmax(keep_argmax ? static_cast<std::size_t>(y.size()) : 0);
     const T* xs = x.value().data();
     const bool parallel = y.size() >= detail::parallel_grain;
-    if (!keep_argmax) {
-        // Values only (no gradient will pass here): a row of outputs at a time, one kernel
-        // position after another, so the inner loop vectorises. NaN wins, as above.
-        detail::parallel_for(planes, parallel, [&](index_t p, int) {
-            const T* in = xs + p * in_plane;
-            for (index_t oh = 0; oh < g.out_h; ++oh) {
-                T* out = y.data() + p * out_plane + oh * g.out_w;
-                std::fill_n(out, g.out_w, -std::numeric_limits<T>::infinity());
-                const index_t top = oh * g.stride_h - g.pad_h;
-                for (index_t i = 0; i < g.kernel_h; ++i) {
-                    const index_t ih = top + i * g.dilation_h;
-                    if (ih < 0 || ih >= g.height) continue;
-                    const T* line = in + ih * g.width;
-                    for (index_t j = 0; j < g.kernel_w; ++j) {
-                        const index_t offset = j * g.dilation_w - g.pad_w;
-                        index_t first, last;
-                        detail::valid_columns(offset, g.stride_w, g.width, g.out_w, first, last);
+    // A row of outputs at a time, one kernel position after another in row-major order, so
+    // that the inner loop vectorises and each window sees its positions in that order: the
+    // first of equal values wins, and NaN wins. A window that holds only padding (possible with
+    // dilation) keeps -inf and argmax -1.
+    T* ys = y.data();
+    std::int32_t* arg = argmax.data();
+    detail::parallel_for(planes, parallel, [&](index_t p, int) {
+        const T* in = xs + p * in_plane;
+        for (index_t oh = 0; oh < g.out_h; ++oh) {
+            T* out = ys + p * out_plane + oh * g.out_w;
+            std::int32_t* at = keep_argmax ? arg + p * out_plane + oh * g.out_w : nullptr;
+            std::fill_n(out, g.out_w, -std::numeric_limits<T>::infinity());
+            if (at) std::fill_n(at, g.out_w, -1);
+            const index_t top = oh * g.stride_h - g.pad_h;
+            for (index_t i = 0; i < g.kernel_h; ++i) {
+                const index_t ih = top + i * g.dilation_h;
+                if (ih < 0 || ih >= g.height) continue;
+                const T* line = in + ih * g.width;
+                for (index_t j = 0; j < g.kernel_w; ++j) {
+                    const index_t offset = j * g.dilation_w - g.pad_w;
+                    index_t first, last;
+                    detail::valid_columns(offset, g.stride_w, g.width, g.out_w, first, last);
+                    if (!at) {
                         for (index_t ow = first; ow < last; ++ow) {
                             const T v = line[ow * g.stride_w + offset];
                             out[ow] = v > out[ow] || std::isnan(v) ? v : out[ow];
                         }
+                        continue;
+                    }
+                    const std::int32_t base = static_cast<std::int32_t>(ih * g.width + offset);
+                    const std::int32_t step = static_cast<std::int32_t>(g.stride_w);
+                    for (index_t ow = first; ow < last; ++ow) {
+                        const T v = line[ow * g.stride_w + offset];
+                        const bool wins = at[ow] < 0 || v > out[ow] || std::isnan(v);
+                        out[ow] = wins ? v : out[ow];
+                        at[ow] = wins ? base + static_cast<std::int32_t>(ow) * step : at[ow];
                     }
                 }
-            }
-        });
-        return x.tape().record("max_pool2d", std::move(y), {x}, nullptr);
-    }
-    T* ys = y.data();
-    detail::parallel_for(planes, parallel, [&](index_t p, int) {
-        const T* in = xs + p * in_plane;
-        for (index_t oh = 0; oh < g.out_h; ++oh) {
-            // The kernel rows (and below, columns) that fall inside the input.
-            const index_t top = oh * g.stride_h - g.pad_h;
-            const index_t i0 = top >= 0 ? 0 : (-top + g.dilation_h - 1) / g.dilation_h;
-            const index_t i1 =
-                std::min(g.kernel_h, (g.height - top + g.dilation_h - 1) / g.dilation_h);
-            for (index_t ow = 0; ow < g.out_w; ++ow) {
-                const index_t left = ow * g.stride_w - g.pad_w;
-                const index_t j0 = left >= 0 ? 0 : (-left + g.dilation_w - 1) / g.dilation_w;
-                const index_t j1 =
-                    std::min(g.kernel_w, (g.width - left + g.dilation_w - 1) / g.dilation_w);
-                T best = -std::numeric_limits<T>::infinity();
-                index_t best_at = -1;
-                for (index_t i = i0; i < i1; ++i) {
-                    const index_t row = (top + i * g.dilation_h) * g.width;
-                    for (index_t j = j0; j < j1; ++j) {
-                        const index_t at = row + left + j * g.dilation_w;
-                        const T v = in[at];
-                        if (best_at < 0 || v > best || std::isnan(v)) {
-                            best = v;
-                            best_at = at;
-                        }
-                    }
-                }
-                const index_t o = p * out_plane + oh * g.out_w + ow;
-                ys[o] = best;
-                if (keep_argmax)
-                    argmax[static_cast<std::size_t>(o)] = static_cast<std::int32_t>(best_at);
             }
         }
     });
+    if (!keep_argmax) return x.tape().record("max_pool2d", std::move(y), {x}, nullptr);
     return x.tape().record(
         "max_pool2d", std::move(y), {x},
         [argmax = std::move(argmax), in_plane, out_plane](const Node<T>&, const Tensor<T>& dy,
