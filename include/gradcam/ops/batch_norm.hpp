@@ -72,7 +72,10 @@ Var<T> normalise_channels(const Var<T>& x, const Var<T>& gamma, const Var<T>& be
         parallel_for(channels, dy.size() >= parallel_grain, [&](index_t c, int) {
             const std::size_t k = static_cast<std::size_t>(c);
             T dy_sum = 0, dy_xhat_sum = 0;
-            for (index_t n = 0; n < batch; ++n) {
+            // The sums serve the parameters' gradients and the batch statistics' terms; an
+            // explanation at inference (dx = a * dy) needs neither.
+            const bool sums = want_gamma || want_beta || batch_statistics;
+            for (index_t n = 0; sums && n < batch; ++n) {
                 const index_t offset = (n * channels + c) * plane;
                 auto g = array(dy.data() + offset, plane);
                 dy_sum += g.sum();
