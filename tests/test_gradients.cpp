@@ -52,7 +52,9 @@ void check_conv(const char* what, Shape x, Shape w, bool with_bias, Conv2dOption
 // sum (5e-6 here against 1e-6).
 void check_winograd_conv(const char* what, Shape x, Shape w, bool with_bias, Conv2dOptions o,
                          Random& random) {
-    REQUIRE(detail::winograd_applies(detail::conv_geometry(x, w, nullptr, o), w[0]));
+    const detail::ConvGeometry g = detail::conv_geometry(x, w, nullptr, o);
+    REQUIRE(detail::winograd_applies(g, w[0]));
+    REQUIRE(!detail::winograd_transposed_applies<double>(g, w[0]));
     check_conv(what, x, w, with_bias, o, random,
                {.eps = 1e-3, .forward_tolerance = 2e-5, .sampled_elements = 400});
 }
@@ -119,23 +121,23 @@ TEST_CASE("gradient: conv2d") {
     SUBCASE("1x1 with stride 2 (through im2col)") {
         check_conv("conv2d 1x1 stride 2", {2, 3, 5, 6}, {4, 3, 1, 1}, true, {.stride = 2}, random);
     }
-    // 3x3 with unit stride, 16+ channels and 128+ tiles of 2x2 outputs: Winograd's F(2x2, 3x3)
+    // 3x3 with unit stride, 16+ channels and over 256 tiles of 2x2 outputs: Winograd's F(2x2, 3x3)
     // both ways (the weight gradient stays on im2col, so it checks the forward independently).
     // Odd output sizes leave partial tiles at the edges.
-    SUBCASE("Winograd, padding 1, odd output 17x31") {
-        check_winograd_conv("conv2d winograd padding 1", {2, 16, 17, 31}, {16, 16, 3, 3}, true,
+    SUBCASE("Winograd, padding 1, odd output 17x63") {
+        check_winograd_conv("conv2d winograd padding 1", {2, 16, 17, 63}, {16, 16, 3, 3}, true,
                             {.padding = 1}, random);
     }
     SUBCASE("Winograd, no padding") {
-        check_winograd_conv("conv2d winograd padding 0", {1, 16, 18, 34}, {17, 16, 3, 3}, false,
+        check_winograd_conv("conv2d winograd padding 0", {1, 16, 20, 66}, {17, 16, 3, 3}, false,
                             {}, random);
     }
     SUBCASE("Winograd, padding (2, 1)") {
-        check_winograd_conv("conv2d winograd padding (2,1)", {1, 18, 13, 31}, {16, 18, 3, 3},
+        check_winograd_conv("conv2d winograd padding (2,1)", {1, 18, 15, 63}, {16, 18, 3, 3},
                             true, {.padding = {2, 1}}, random);
     }
     SUBCASE("Winograd forward, padding 3 (the input gradient through col2im)") {
-        check_winograd_conv("conv2d winograd padding 3", {1, 16, 11, 27}, {16, 16, 3, 3}, false,
+        check_winograd_conv("conv2d winograd padding 3", {1, 16, 13, 59}, {16, 16, 3, 3}, false,
                             {.padding = 3}, random);
     }
     // Fewer tiles: Winograd with its products transposed (the 14x14 and 7x7 maps of ResNet).
