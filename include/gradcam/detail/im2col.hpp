@@ -80,12 +80,17 @@ void im2col(const T* x, const ConvGeometry& g, T* col, index_t oh0, index_t oh1)
 }
 
 // The adjoint of im2col for the output rows [oh0, oh1): x[c][ih][iw] += every col entry that
-// im2col read from there. Channels on separate threads (each adds into its own plane only).
+// im2col read from there. Channels on separate threads (each adds into its own plane only);
+// with few channels (an RGB image's gradient: 3 planes split 2 to 1) each plane is also split
+// into bands of input rows.
 template <class T>
 void col2im_add(const T* col, const ConvGeometry& g, T* x, index_t oh0, index_t oh1) {
     const index_t plane = g.height * g.width, tile_cols = (oh1 - oh0) * g.out_w;
     const bool parallel = g.rows() * tile_cols >= parallel_grain;
-    parallel_for(g.channels, parallel, [&](index_t c, int) {
+    const index_t bands = g.channels >= 8 ? 1 : std::min<index_t>(8, g.height);
+    parallel_for(g.channels * bands, parallel, [&](index_t item, int) {
+        const index_t c = item / bands, band = item % bands;
+        const index_t h0 = g.height * band / bands, h1 = g.height * (band + 1) / bands;
         for (index_t i = 0; i < g.kernel_h; ++i)
             for (index_t j = 0; j < g.kernel_w; ++j) {
                 const T* row = col + ((c * g.kernel_h + i) * g.kernel_w + j) * tile_cols;
@@ -94,7 +99,7 @@ void col2im_add(const T* col, const ConvGeometry& g, T* x, index_t oh0, index_t 
                 valid_columns(offset, g.stride_w, g.width, g.out_w, first, last);
                 for (index_t oh = oh0; oh < oh1; ++oh) {
                     const index_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
-                    if (ih < 0 || ih >= g.height) continue;
+                    if (ih < h0 || ih >= h1) continue;
                     const T* in = row + (oh - oh0) * g.out_w;
                     T* line = x + c * plane + ih * g.width;
                     for (index_t ow = first; ow < last; ++ow)
