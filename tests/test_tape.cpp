@@ -49,6 +49,36 @@ TEST_CASE("tape: gradients of a small expression, several times on one forward")
     CHECK(only_b[0](1) == -2.0);
 }
 
+TEST_CASE("tape: a sum hands its gradient to an input without a copy, and every result stays right") {
+    // y = a*b + b, loss = sum(r * y), z = y * b: add's second input b takes dy itself when
+    // nothing has reached b yet, then mul's backward adds into that same tensor.
+    Tape<double> tape;
+    Var<double> a = tape.variable(ramp(Shape{2, 3}, 0.5, 0.25));
+    Var<double> b = tape.variable(ramp(Shape{2, 3}, -1.0, 0.5));
+    const Tensor<double> r = ramp(Shape{2, 3}, 2.0, -0.75);
+    Var<double> y = add(mul(a, b), b);
+    Var<double> loss = sum(mul(tape.constant(r), y));
+    for (int repeat = 0; repeat < 2; ++repeat) {
+        // dy = r, da = r b, db = r a + r; with y asked for, dy must not be handed on.
+        auto with_y = tape.gradient(loss, {y, a, b});
+        auto without_y = tape.gradient(loss, {b, a});
+        for (index_t i = 0; i < r.size(); ++i) {
+            CHECK(with_y[0][i] == r[i]);
+            CHECK(with_y[1][i] == r[i] * b.value()[i]);
+            CHECK(with_y[2][i] == r[i] * a.value()[i] + r[i]);
+            CHECK(without_y[0][i] == with_y[2][i]);
+            CHECK(without_y[1][i] == with_y[1][i]);
+        }
+    }
+    // b reached by a later op first (w = y * b): add must add to b's gradient, not replace it.
+    // dloss/db = r y + (r b)(a + 1) from y = a b + b.
+    Var<double> w = mul(y, b);
+    auto g = tape.gradient(sum(mul(tape.constant(r), w)), {b});
+    for (index_t i = 0; i < r.size(); ++i)
+        CHECK(g[0][i] == doctest::Approx(r[i] * y.value()[i] +
+                                         r[i] * b.value()[i] * (a.value()[i] + 1.0)));
+}
+
 TEST_CASE("tape: an explicit seed gives a vector-Jacobian product") {
     Tape<double> tape;
     Var<double> x = tape.variable(Tensor<double>(Shape{3}, {1.0, 2.0, 3.0}));

@@ -149,6 +149,21 @@ class GradientSink {
         return of(i);  // throws when input i is not wanted
     }
 
+    // Hands this node's own gradient dy to input i as its whole gradient, without a copy,
+    // when nothing has reached input i yet and dy is not a requested result: for an op whose
+    // input gradient is dy itself (one side of a sum). False when it cannot; the op then adds
+    // dy as usual. dy stays readable until the backward returns.
+    bool pass_through(std::size_t i) {
+        if (!wants(i)) return false;
+        auto& own = (*grads_)[index(*node_)];
+        auto& slot = (*grads_)[index(*node_->inputs_[i])];
+        if ((*is_wrt_)[index(*node_)] || slot || !own ||
+            own->shape() != node_->inputs_[i]->value().shape())
+            return false;
+        slot = std::move(own);
+        return true;
+    }
+
     const GradientOptions& options() const { return *options_; }
 
   private:
@@ -160,6 +175,7 @@ class GradientSink {
     const Node<T>* node_ = nullptr;
     std::vector<std::unique_ptr<Tensor<T>>>* grads_ = nullptr;
     const std::vector<char>* needed_ = nullptr;
+    const std::vector<char>* is_wrt_ = nullptr;
     const GradientOptions* options_ = nullptr;
     index_t lowest_ = 0;
 };
@@ -383,6 +399,7 @@ class Tape {
         GradientSink<T> sink;
         sink.grads_ = &grads;
         sink.needed_ = &needed;
+        sink.is_wrt_ = &is_wrt;
         sink.options_ = &options;
         sink.lowest_ = lowest;
         for (index_t p = top; p >= lowest; --p) {

@@ -8,7 +8,8 @@
 
 namespace gradcam {
 
-// forward: y = a + b.   backward: da = dy, db = dy.
+// forward: y = a + b.   backward: da = dy, db = dy (the last of them takes dy itself, when
+// nothing else has reached it: a residual connection's gradient is not copied).
 template <class T>
 Var<T> add(const Var<T>& a, const Var<T>& b) {
     detail::expect_same_shape(a.shape(), b.shape(), "add");
@@ -22,6 +23,7 @@ Var<T> add(const Var<T>& a, const Var<T>& b) {
                            [](const Node<T>&, const Tensor<T>& dy, GradientSink<T>& sink) {
                                for (std::size_t i : {0u, 1u}) {
                                    if (!sink.wants(i)) continue;
+                                   if ((i == 1 || !sink.wants(1)) && sink.pass_through(i)) continue;
                                    bool fresh = false;
                                    T* dx = sink.of(i, fresh).data();  // sets fresh first
                                    detail::parallel_chunks(dy.size(), [&](index_t begin, index_t count) {
