@@ -19,19 +19,29 @@
 namespace gradcam::detail {
 
 // Below these channel counts the products are too thin for the transforms to pay off; below
-// this many tiles, the transformed kernels (16/9 the weights) are used too few times each to
-// pay for making and packing them (measured on ResNet and VGG layers: 28x28 outputs gain,
-// 14x14 lose).
+// this many tiles, products U_e V_e as they stand are too narrow and the transformed kernels
+// (16/9 the weights) are used too few times each to pay for making and packing them (measured
+// on ResNet and VGG layers: 28x28 outputs gain, 14x14 lose). Smaller outputs can still take
+// Winograd with the products transposed and the kernels packed once (winograd_conv3x3_transposed).
 inline constexpr index_t winograd_min_channels = 16;
 inline constexpr index_t winograd_min_tiles = 128;
 // Transformed kernels up to this many values (4 MiB of float) are kept with the weights.
 inline constexpr index_t winograd_kept_kernels_max = index_t(1) << 20;
 
-inline bool winograd_applies(const ConvGeometry& g, index_t out_channels) {
+// A 3x3 kernel with unit stride and dilation, and channels enough both ways.
+inline bool winograd_kernel_fits(const ConvGeometry& g, index_t out_channels) {
     return g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == 1 && g.stride_w == 1 &&
            g.dilation_h == 1 && g.dilation_w == 1 && g.channels >= winograd_min_channels &&
-           out_channels >= winograd_min_channels &&
-           ((g.out_h + 1) / 2) * ((g.out_w + 1) / 2) >= winograd_min_tiles;
+           out_channels >= winograd_min_channels;
+}
+
+// The 2x2 output tiles that cover the output.
+inline index_t winograd_tiles(const ConvGeometry& g) {
+    return ((g.out_h + 1) / 2) * ((g.out_w + 1) / 2);
+}
+
+inline bool winograd_applies(const ConvGeometry& g, index_t out_channels) {
+    return winograd_kernel_fits(g, out_channels) && winograd_tiles(g) >= winograd_min_tiles;
 }
 
 // The geometry of the convolution that maps output gradients back to the input: dy's planes,

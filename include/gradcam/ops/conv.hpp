@@ -138,11 +138,8 @@ inline constexpr index_t winograd_transposed_max_tiles = 256;
 
 template <class T>
 bool winograd_transposed_applies(const ConvGeometry& g, index_t out_channels) {
-    return (std::is_same_v<T, float> || std::is_same_v<T, double>) && g.kernel_h == 3 &&
-           g.kernel_w == 3 && g.stride_h == 1 && g.stride_w == 1 && g.dilation_h == 1 &&
-           g.dilation_w == 1 && g.channels >= winograd_min_channels &&
-           out_channels >= winograd_min_channels &&
-           ((g.out_h + 1) / 2) * ((g.out_w + 1) / 2) <= winograd_transposed_max_tiles &&
+    return (std::is_same_v<T, float> || std::is_same_v<T, double>) &&
+           winograd_kernel_fits(g, out_channels) && winograd_tiles(g) <= winograd_transposed_max_tiles &&
            16 * g.channels * out_channels <= winograd_kept_kernels_max;
 }
 
