@@ -77,6 +77,16 @@ TEST_CASE("tape: a sum hands its gradient to an input without a copy, and every 
     for (index_t i = 0; i < r.size(); ++i)
         CHECK(g[0][i] == doctest::Approx(r[i] * y.value()[i] +
                                          r[i] * b.value()[i] * (a.value()[i] + 1.0)));
+    // relu's backward overwrites dy in place, unless dy is asked for (y = -1.5 .. 4.125).
+    Var<double> h = relu(y);
+    for (const bool ask_h : {true, false}) {
+        auto gh = ask_h ? tape.gradient(sum(mul(tape.constant(r), h)), {h, y})
+                        : tape.gradient(sum(mul(tape.constant(r), h)), {y});
+        for (index_t i = 0; i < r.size(); ++i) {
+            if (ask_h) CHECK(gh[0][i] == r[i]);
+            CHECK(gh.back()[i] == (y.value()[i] > 0 ? r[i] : 0.0));
+        }
+    }
 }
 
 TEST_CASE("tape: an explicit seed gives a vector-Jacobian product") {

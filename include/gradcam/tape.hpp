@@ -164,6 +164,15 @@ class GradientSink {
         return true;
     }
 
+    // As of(i, fresh), for a backward where each dx element depends on the same element of dy
+    // alone: when dy can be handed down (pass_through), this is dy's own tensor, `fresh` is
+    // set, and the backward overwrites it in place, element by element.
+    Tensor<T>& of_elementwise(std::size_t i, bool& fresh) {
+        if (!pass_through(i)) return of(i, fresh);
+        fresh = true;
+        return of(i);
+    }
+
     const GradientOptions& options() const { return *options_; }
 
   private:

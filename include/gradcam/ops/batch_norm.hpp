@@ -65,7 +65,10 @@ Var<T> normalise_channels(const Var<T>& x, const Var<T>& gamma, const Var<T>& be
         const T count = static_cast<T>(batch * plane);
         const T* xs = self.input(0).value().data();
         bool fresh = false;
-        T* dx_all = want_x ? sink.of(0, fresh).data() : nullptr;
+        // At inference dx = a_c * dy, element by element: dy's own tensor can take it.
+        T* dx_all = !want_x          ? nullptr
+                    : batch_statistics ? sink.of(0, fresh).data()
+                                       : sink.of_elementwise(0, fresh).data();
         T* dgamma = want_gamma ? sink.of(gamma_at).data() : nullptr;
         T* dbeta = want_beta ? sink.of(beta_at).data() : nullptr;
         // Channels are independent: each writes its own slices of dx, dgamma and dbeta.

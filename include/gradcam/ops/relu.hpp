@@ -28,7 +28,7 @@ Var<T> relu(const Var<T>& x) {
         [](const Node<T>& self, const Tensor<T>& dy, GradientSink<T>& sink) {
             if (!sink.wants(0)) return;
             bool fresh = false;
-            T* dx_all = sink.of(0, fresh).data();
+            T* dx_all = sink.of_elementwise(0, fresh).data();
             const ReluRule rule = sink.options().relu;
             detail::parallel_chunks(dy.size(), [&](index_t begin, index_t count) {
                 auto out = detail::array(self.value().data() + begin, count);
