@@ -145,6 +145,10 @@ TEST_CASE("gradient: conv2d") {
         check_winograd_transposed_conv("conv2d winograd transposed padding 1", {2, 16, 7, 9},
                                        {17, 16, 3, 3}, true, {.padding = 1}, random);
     }
+    SUBCASE("Winograd transposed, 7x7 output (16 tiles, 8-row register tiles)") {
+        check_winograd_transposed_conv("conv2d winograd transposed 7x7", {1, 16, 7, 7},
+                                       {20, 16, 3, 3}, true, {.padding = 1}, random);
+    }
     SUBCASE("Winograd transposed, no padding") {
         check_winograd_transposed_conv("conv2d winograd transposed padding 0", {1, 18, 10, 12},
                                        {16, 18, 3, 3}, false, {}, random);

@@ -172,6 +172,7 @@ TEST_CASE("ops: conv2d's four lowerings equal the direct sum, forward and back, 
         {Shape{2, 3, 40, 36}, Shape{20, 3, 5, 5}, {.stride = 2, .padding = 2}, Lowering::channel_major},
         {Shape{1, 8, 33, 33}, Shape{12, 8, 1, 1}, {}, Lowering::channel_major},
         {Shape{1, 16, 34, 34}, Shape{20, 16, 3, 3}, {.padding = 1}, Lowering::winograd},
+        // 16 tiles (8-row register tiles), then 25 for the input gradient and 36 (7-row ones).
         {Shape{1, 24, 7, 7}, Shape{70, 24, 3, 3}, {.padding = 1}, Lowering::winograd_transposed},
         {Shape{2, 20, 10, 9}, Shape{33, 20, 3, 3}, {}, Lowering::winograd_transposed},
         {Shape{1, 16, 9, 12}, Shape{16, 16, 3, 3}, {.padding = {2, 1}}, Lowering::winograd_transposed},

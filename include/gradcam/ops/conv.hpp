@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -122,39 +123,73 @@ std::shared_ptr<const PackedConvWeights<T>> packed_conv_weights(const Tensor<T>&
         });
 }
 
-// Winograd's transformed kernels with each position's U_e^T packed for PixelMajorKernel (with
-// `adjoint`, those of the input gradient's convolution), for winograd_conv3x3_transposed.
-template <class T>
-struct PackedWinogradKernels {
-    std::vector<typename PixelMajorKernel<T>::PackedRight> positions;
-};
-
 // Outputs of up to 256 tiles (16x16 to 32x32 maps) with kernels small enough to keep packed:
 // ResNet's 28x28 and 14x14 layers. Measured per layer on ResNet-50, against the best other
 // lowering: 28x28 with 128 channels 0.98 -> 0.77 ms (against Winograd untransposed), 14x14 with
 // 256 channels 1.24 -> 0.64 ms (against the transposed direct product); at 56x56 with 64
 // channels (784 tiles) the untransposed Winograd stays faster, 1.03 against 1.12 ms.
 inline constexpr index_t winograd_transposed_max_tiles = 256;
+// Outputs of up to 16 tiles (7x7 maps) keep kernels four times larger: ResNet's 512-channel
+// layer4, 1.36 -> 0.95 ms per layer, for 16 MiB kept per layer (VGG has no such layer; its
+// 14x14 ones stay under the smaller limit, for its Grad-CAM's memory).
+inline constexpr index_t winograd_transposed_small_tiles = 16;
 
 template <class T>
 bool winograd_transposed_applies(const ConvGeometry& g, index_t out_channels) {
+    const index_t tiles = winograd_tiles(g);
+    const index_t kept_max =
+        (tiles <= winograd_transposed_small_tiles ? 4 : 1) * winograd_kept_kernels_max;
     return (std::is_same_v<T, float> || std::is_same_v<T, double>) &&
-           winograd_kernel_fits(g, out_channels) && winograd_tiles(g) <= winograd_transposed_max_tiles &&
-           16 * g.channels * out_channels <= winograd_kept_kernels_max;
+           winograd_kernel_fits(g, out_channels) && tiles <= winograd_transposed_max_tiles &&
+           16 * g.channels * out_channels <= kept_max;
 }
 
-template <class T>
-std::shared_ptr<const PackedWinogradKernels<T>> packed_winograd_kernels(const Tensor<T>& weight,
-                                                                        bool adjoint) {
-    return weight.template derived<PackedWinogradKernels<T>>(adjoint, [adjoint](const Tensor<T>& w) {
+// Winograd's transformed kernels with each position's U_e^T packed for Kernel (with `adjoint`,
+// those of the input gradient's convolution), for winograd_conv3x3_transposed.
+template <class Kernel>
+struct PackedWinogradKernels {
+    std::vector<typename Kernel::PackedRight> positions;
+};
+
+template <class Kernel, class T>
+std::shared_ptr<const PackedWinogradKernels<Kernel>> packed_winograd_kernels(const Tensor<T>& weight,
+                                                                             bool adjoint) {
+    return weight.template derived<PackedWinogradKernels<Kernel>>(adjoint, [adjoint](const Tensor<T>& w) {
         const std::shared_ptr<const Tensor<T>> u = winograd_kernels_of(w, adjoint, false);
         const index_t out = u->dim(1), in = u->dim(2);  // of the convolution they serve
-        PackedWinogradKernels<T> packed;
+        PackedWinogradKernels<Kernel> packed;
         for (index_t e = 0; e < 16; ++e)
             packed.positions.emplace_back(view(u->data() + e * out * in, out, in).transposed());
         return packed;
     });
 }
+
+// The kernels of a transposed Winograd convolution, packed for the register tile whose rows
+// fit its tiles: 7 rows for 49 and 196 tiles (7x7 and 14x14 tiles of 14x14 and 28x28 maps),
+// 8 for 16 (a 7x7 map), where 7 would pad 16 rows to 21 (1.16 against 0.95 ms on layer4).
+template <class T>
+class WinogradTransposed {
+  public:
+    WinogradTransposed(const Tensor<T>& weight, const ConvGeometry& g, bool adjoint) {
+        if (winograd_tiles(g) <= winograd_transposed_small_tiles)
+            eight_ = packed_winograd_kernels<GemmKernel<T>>(weight, adjoint);
+        else
+            seven_ = packed_winograd_kernels<PixelMajorKernel<T>>(weight, adjoint);
+    }
+    // y = (or += with `accumulate`) the convolution of x, as winograd_conv3x3_transposed.
+    void run(const T* x, const ConvGeometry& g, index_t out_channels, T* y, bool accumulate) const {
+        if (eight_)
+            winograd_conv3x3_transposed<GemmKernel<T>>(x, g, eight_->positions, out_channels, y,
+                                                       accumulate);
+        else
+            winograd_conv3x3_transposed<PixelMajorKernel<T>>(x, g, seven_->positions, out_channels,
+                                                             y, accumulate);
+    }
+
+  private:
+    std::shared_ptr<const PackedWinogradKernels<PixelMajorKernel<T>>> seven_;
+    std::shared_ptr<const PackedWinogradKernels<GemmKernel<T>>> eight_;
+};
 
 // One image's group: y (group_out x pixels) = (im2col(x)^T W^T)^T, by tiles of output rows.
 template <class T>
@@ -227,8 +262,8 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
     bool winograd_small = false;
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
     winograd_small = groups == 1 && detail::winograd_transposed_applies<T>(g, out_channels);
-    std::shared_ptr<const detail::PackedWinogradKernels<T>> packed_kernels;
-    if (winograd_small) packed_kernels = detail::packed_winograd_kernels(weight.value(), false);
+    std::optional<detail::WinogradTransposed<T>> packed_kernels;
+    if (winograd_small) packed_kernels.emplace(weight.value(), g, false);
 #endif
     const bool winograd = groups == 1 && !winograd_small && detail::winograd_applies(g, out_channels);
     if (winograd)
@@ -249,8 +284,7 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
         T* y_group = y.data() + item * out_plane;
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
         if (packed_kernels) {
-            detail::winograd_conv3x3_transposed<detail::PixelMajorKernel<T>>(
-                x_group, g, packed_kernels->positions, group_out, y_group, false);
+            packed_kernels->run(x_group, g, group_out, y_group, false);
         } else if (packed) {
             detail::conv_pixel_major(x_group, g, (*packed)[static_cast<std::size_t>(gi)], group_out,
                                      rows_per_tile, y_group);
@@ -298,9 +332,9 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
         if (winograd_dx) adjoint_kernels = detail::winograd_kernels_of(wv, true, true);
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
         std::shared_ptr<const detail::PackedConvWeights<T>> adjoint_packed;
-        std::shared_ptr<const detail::PackedWinogradKernels<T>> adjoint_packed_kernels;
+        std::optional<detail::WinogradTransposed<T>> adjoint_packed_kernels;
         if (winograd_small_dx)
-            adjoint_packed_kernels = detail::packed_winograd_kernels(wv, true);
+            adjoint_packed_kernels.emplace(wv, adjoint, true);
         else if (want_x && !winograd_dx && detail::pixel_major_applies<T>(g))
             adjoint_packed = detail::packed_conv_weights(wv, groups, true);
 #else
@@ -324,9 +358,8 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
             bool dx_done = false;
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
             if (adjoint_packed_kernels) {
-                detail::winograd_conv3x3_transposed<detail::PixelMajorKernel<T>>(
-                    dy_group, adjoint, adjoint_packed_kernels->positions, g.channels,
-                    dx + item * in_plane, !fresh);
+                adjoint_packed_kernels->run(dy_group, adjoint, g.channels, dx + item * in_plane,
+                                            !fresh);
                 dx_done = true;
                 if (!want_w) return;
             } else if (adjoint_packed) {
