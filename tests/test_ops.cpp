@@ -222,6 +222,36 @@ TEST_CASE("ops: conv2d's four lowerings equal the direct sum, forward and back, 
     }
 }
 
+TEST_CASE("ops: linear's input gradient for a few images skips the rows of W whose output gradient is zero") {
+    Random random(57);
+    const index_t batch = 2, in = 1030, out = 1024;  // over 2^20 weights: split by features
+    REQUIRE(detail::split_by_features(batch, in * out));
+    Tensor<double> x(Shape{batch, in}), w(Shape{out, in}), b(Shape{out}), r(Shape{batch, out});
+    for (double& v : x) v = random.normal();
+    for (double& v : w) v = random.normal();
+    for (double& v : b) v = random.normal();
+    for (double& v : r) v = random.normal();
+    for (index_t o = 0; o < out; ++o) {  // a third zero for both images, a third for one
+        if (o % 3 == 0) r(0, o) = r(1, o) = 0;
+        if (o % 3 == 1) r(0, o) = 0;
+    }
+    for (const bool with_relu : {false, true}) {
+        INFO("relu after the layer: " << with_relu);
+        Tape<double> tape;
+        const Var<double> xv = tape.variable(x);
+        const Var<double> y = linear(xv, tape.constant(w), tape.constant(b));
+        const Var<double> z = with_relu ? relu(y) : y;
+        const Tensor<double> dx = tape.gradient(sum(mul(tape.constant(r), z)), {xv})[0];
+        Tensor<double> expected(x.shape());
+        for (index_t n = 0; n < batch; ++n)
+            for (index_t o = 0; o < out; ++o) {
+                const double dy = with_relu && !(y.value()(n, o) > 0) ? 0.0 : r(n, o);
+                for (index_t i = 0; i < in; ++i) expected(n, i) += dy * w(o, i);
+            }
+        check_close(dx, expected, 1e-12, "input gradient");
+    }
+}
+
 // How check_gemm computes the product: by gemm(), which picks a kernel or Eigen, or by one of
 // the register-tiled kernels directly, B packed as it goes or packed beforehand (as convolutions
 // pack their weights).
