@@ -231,8 +231,8 @@ void winograd_conv3x3(const T* x, const ConvGeometry& g, const T* u, index_t out
 }
 
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
-// The same convolution for small outputs (14x14 maps: 49 tiles), where U_e V_e would be 49
-// columns wide. The products run transposed, as conv_pixel_major's do, tiles down and output
+// The same convolution for small outputs (28x28 maps and below: 196 tiles or fewer), where
+// U_e V_e would be as narrow as 49 or 16 columns. The products run transposed, as conv_pixel_major's do, tiles down and output
 // channels across: M_e^T (tiles x K) = V_e^T U_e^T, with each U_e^T packed once (`u_t`, for
 // Kernel). The output transform then runs along the channels of a tile, into Y^T, which is
 // transposed back. The whole image at once; the 16 products on separate threads.
@@ -242,27 +242,26 @@ void winograd_conv3x3_transposed(const T* x, const ConvGeometry& g,
                                  index_t out_channels, T* y, bool accumulate) {
     const index_t C = g.channels, K = out_channels;
     const index_t tiles_h = (g.out_h + 1) / 2, tiles_w = (g.out_w + 1) / 2, tiles = tiles_h * tiles_w;
-    const index_t ld_m = padded_stride<T>(K), ld_y = padded_stride<T>(K);
-    T* v = thread_scratch<T>(16 * C * tiles + 16 * tiles * ld_m);  // V[e][c][tile]
-    T* m = v + 16 * C * tiles;                                     // M^T[e][tile][k]
-    T* y_t = thread_scratch<T, 3>(g.out_h * g.out_w * ld_y);       // Y^T[pixel][k]
+    const index_t ld = padded_stride<T>(K);  // of M^T's and Y^T's rows
+    T* v = thread_scratch<T>(16 * C * tiles + 16 * tiles * ld);  // V[e][c][tile]
+    T* m = v + 16 * C * tiles;                                   // M^T[e][tile][k]
+    T* y_t = thread_scratch<T, 3>(g.out_h * g.out_w * ld);       // Y^T[pixel][k]
     winograd_input_transform(x, g, 0, tiles_h, v, true);
 
     const MatrixView<T> u_shape{nullptr, C, K, 1, C};
     parallel_for(16, true, [&](index_t e, int) {
         gemm_parts<Kernel>(view(v + e * C * tiles, C, tiles).transposed(), u_shape,
-                           &u_t[static_cast<std::size_t>(e)], m + e * tiles * ld_m, ld_m, false,
-                           false);
+                           &u_t[static_cast<std::size_t>(e)], m + e * tiles * ld, ld, false, false);
     });
 
     // Y = A^T M A with A^T = [1 1 1 0; 0 1 -1 -1], cut to the output's edge; per tile, along K.
-    const index_t e_stride = tiles * ld_m;
+    const index_t e_stride = tiles * ld;
     parallel_for(tiles, true, [&](index_t tile, int) {
         const index_t ty = tile / tiles_w, tx = tile % tiles_w;
-        const T* mt = m + tile * ld_m;
+        const T* mt = m + tile * ld;
         for (int a = 0; a < 2 && 2 * ty + a < g.out_h; ++a) {
-            T* left = y_t + ((2 * ty + a) * g.out_w + 2 * tx) * ld_y;
-            T* right = left + ld_y;
+            T* left = y_t + ((2 * ty + a) * g.out_w + 2 * tx) * ld;
+            T* right = left + ld;
             const bool has_right = 2 * tx + 1 < g.out_w;
             for (index_t k = 0; k < K; ++k) {
                 T s[4];  // row a of A^T M
@@ -276,7 +275,7 @@ void winograd_conv3x3_transposed(const T* x, const ConvGeometry& g,
             }
         }
     });
-    transpose_into(y_t, g.out_h * g.out_w, K, ld_y, y, accumulate);
+    transpose_into(y_t, g.out_h * g.out_w, K, ld, y, accumulate);
 }
 #endif
 

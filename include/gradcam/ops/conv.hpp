@@ -254,11 +254,7 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
     const T* xs = x.value().data();
     const T* ws = weight.value().data();
     const index_t rows_per_tile = detail::tile_rows(g);
-    // Winograd's transformed weights, shared by the images. Kept with the weights when they are
-    // small, as in every ResNet (making them costs 2% of a ResNet-50 forward); VGG's 512-channel
-    // layers make theirs on each call, so that a Grad-CAM's memory does not grow by 16/9 of
-    // those weights.
-    std::shared_ptr<const Tensor<T>> kernels;
+    // Small outputs take Winograd transposed, with its kernels packed and kept.
     bool winograd_small = false;
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
     winograd_small = groups == 1 && detail::winograd_transposed_applies<T>(g, out_channels);
@@ -266,6 +262,11 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
     if (winograd_small) packed_kernels.emplace(weight.value(), g, false);
 #endif
     const bool winograd = groups == 1 && !winograd_small && detail::winograd_applies(g, out_channels);
+    // Winograd's transformed weights, shared by the images. Kept with the weights when they are
+    // small, as in every ResNet (making them costs 2% of a ResNet-50 forward); VGG's 512-channel
+    // layers make theirs on each call, so that a Grad-CAM's memory does not grow by 16/9 of
+    // those weights.
+    std::shared_ptr<const Tensor<T>> kernels;
     if (winograd)
         kernels = detail::winograd_kernels_of(
             weight.value(), false, 16 * out_channels * g.channels <= detail::winograd_kept_kernels_max);
