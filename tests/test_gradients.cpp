@@ -12,6 +12,7 @@
 #include "gradcam/ops/batch_norm.hpp"
 #include "gradcam/ops/conv.hpp"
 #include "gradcam/ops/dropout.hpp"
+#include "gradcam/ops/fused.hpp"
 #include "gradcam/ops/linear.hpp"
 #include "gradcam/ops/loss.hpp"
 #include "gradcam/ops/pool.hpp"
@@ -64,6 +65,36 @@ void check_winograd_transposed_conv(const char* what, Shape x, Shape w, bool wit
     REQUIRE(detail::winograd_transposed_applies<double>(detail::conv_geometry(x, w, nullptr, o), w[0]));
     check_conv(what, x, w, with_bias, o, random,
                {.eps = 1e-3, .forward_tolerance = 2e-5, .sampled_elements = 400});
+}
+
+// conv2d_batch_norm of x by w, with a bias and a residual when asked, after a batch norm whose
+// constants are drawn here (running_var in [0.5, 2]).
+void check_conv_batch_norm(const char* what, Shape x, Shape w, Conv2dOptions o, bool with_bias,
+                           bool with_residual, bool relu, Random& random,
+                           const gradcam::testing::CheckOptions& check = {}) {
+    const index_t out = w[0];
+    const Tensor<double> mean = random_normal({out}, random), gamma = random_normal({out}, random),
+                         beta = random_normal({out}, random);
+    Tensor<double> var({out});
+    for (double& v : var) v = random.uniform(0.5, 2.0);
+    const detail::ConvGeometry g = detail::conv_geometry(x, w, nullptr, o);
+    std::vector<Tensor<double>> inputs{random_normal(x, random), random_normal(w, random)};
+    if (with_bias) inputs.push_back(random_normal({out}, random));
+    if (with_residual) inputs.push_back(random_normal({x[0], out, g.out_h, g.out_w}, random));
+    check_gradients(
+        what, inputs,
+        [&](const auto& v) {
+            using T = scalar_of<decltype(v[0])>;
+            const Tensor<T> m = mean.cast<T>(), s = var.cast<T>(), ga = gamma.cast<T>(),
+                            be = beta.cast<T>();
+            const Var<T> bias = with_bias ? v[2] : Var<T>();
+            const Var<T> residual = with_residual ? v[with_bias ? 3 : 2] : Var<T>();
+            return conv2d_batch_norm(
+                v[0], v[1], bias, o,
+                BatchNormConstants<T>{.running_mean = m, .running_var = s, .gamma = &ga, .beta = &be},
+                residual, relu);
+        },
+        random, check);
 }
 
 void check_max_pool(const char* what, Shape x, Pool2dOptions o, Random& random) {
@@ -156,6 +187,33 @@ TEST_CASE("gradient: conv2d") {
     SUBCASE("non-square kernel") {
         check_conv("conv2d kernel 2x4", {2, 3, 5, 8}, {4, 3, 2, 4}, true,
                    {.stride = {1, 2}, .padding = {1, 2}}, random);
+    }
+}
+
+TEST_CASE("gradient: conv2d_batch_norm (convolution, batch norm, residual and ReLU in one op)") {
+    Random random(107);
+    SUBCASE("batch norm alone, with the convolution's bias") {
+        check_conv_batch_norm("conv+bn", {2, 3, 6, 7}, {4, 3, 3, 3}, {.padding = 1}, true, false,
+                              false, random);
+    }
+    SUBCASE("with ReLU, stride 2") {
+        check_conv_batch_norm("conv+bn+relu", {2, 3, 7, 7}, {5, 3, 3, 3},
+                              {.stride = 2, .padding = 1}, false, false, true, random);
+    }
+    SUBCASE("residual without ReLU, pointwise") {
+        check_conv_batch_norm("conv+bn+add 1x1", {2, 4, 5, 6}, {6, 4, 1, 1}, {}, false, true,
+                              false, random);
+    }
+    SUBCASE("residual and ReLU, with bias, groups 2") {
+        check_conv_batch_norm("conv+bn+add+relu groups", {2, 4, 6, 5}, {6, 2, 3, 3},
+                              {.padding = 1, .groups = 2}, true, true, true, random);
+    }
+    SUBCASE("residual and ReLU through transposed Winograd") {
+        const Shape x{1, 16, 7, 9}, w{16, 16, 3, 3};
+        REQUIRE(detail::winograd_transposed_applies<double>(
+            detail::conv_geometry(x, w, nullptr, {.padding = 1}), w[0]));
+        check_conv_batch_norm("conv+bn+add+relu Winograd", x, w, {.padding = 1}, false, true, true,
+                              random, {.forward_tolerance = 2e-5, .sampled_elements = 300});
     }
 }
 

@@ -222,6 +222,66 @@ TEST_CASE("ops: conv2d's four lowerings equal the direct sum, forward and back, 
     }
 }
 
+TEST_CASE("ops: conv2d_batch_norm equals conv2d, batch_norm2d, add and relu one after another, under every ReLU rule") {
+    Random random(83);
+    struct Case {
+        const char* what;
+        Shape x, w;
+        Conv2dOptions options;
+    };
+    // A direct im2col product, a pointwise one, a strided one and a transposed Winograd one.
+    for (const Case& c : {Case{"3x3 direct", {2, 5, 9, 8}, {7, 5, 3, 3}, {.padding = 1}},
+                          Case{"1x1", {2, 8, 6, 6}, {12, 8, 1, 1}, {}},
+                          Case{"3x3 stride 2", {1, 6, 11, 11}, {8, 6, 3, 3}, {.stride = 2, .padding = 1}},
+                          Case{"Winograd transposed", {1, 16, 14, 14}, {32, 16, 3, 3}, {.padding = 1}}}) {
+        const index_t out = c.w[0];
+        const detail::ConvGeometry g = detail::conv_geometry(c.x, c.w, nullptr, c.options);
+        const Shape y_shape{c.x[0], out, g.out_h, g.out_w};
+        auto normal = [&](Shape shape) {
+            Tensor<double> t(std::move(shape));
+            for (double& v : t) v = random.normal();
+            return t;
+        };
+        const Tensor<double> x = normal(c.x), w = normal(c.w), residual = normal(y_shape),
+                             seed = normal(y_shape), gamma = normal({out}), beta = normal({out}),
+                             mean = normal({out});
+        Tensor<double> var({out});
+        for (double& v : var) v = random.uniform(0.5, 2.0);
+        for (const bool with_residual : {false, true})
+            for (const bool with_relu : {false, true})
+                for (const ReluRule rule : {ReluRule::standard, ReluRule::guided, ReluRule::deconvnet}) {
+                    INFO(c.what << ", residual " << with_residual << ", relu " << with_relu
+                                << ", rule " << static_cast<int>(rule));
+                    Tape<double> fused_tape, tape;
+                    const Var<double> xf = fused_tape.variable(x), wf = fused_tape.variable(w),
+                                      rf = fused_tape.variable(residual);
+                    const Var<double> fused = conv2d_batch_norm(
+                        xf, wf, Var<double>(), c.options,
+                        BatchNormConstants<double>{.running_mean = mean, .running_var = var,
+                                                   .gamma = &gamma, .beta = &beta},
+                        with_residual ? rf : Var<double>(), with_relu);
+                    const Var<double> xs = tape.variable(x), ws = tape.variable(w),
+                                      rs = tape.variable(residual);
+                    Var<double> separate = batch_norm2d(conv2d(xs, ws, c.options), tape.constant(gamma),
+                                                        tape.constant(beta), mean, var);
+                    if (with_residual) separate = separate + rs;
+                    if (with_relu) separate = relu(separate);
+                    check_close(fused.value(), separate.value(), 1e-14, "forward");
+
+                    const auto f = fused_tape.gradient(fused, seed, {xf, wf, rf}, {.relu = rule});
+                    const auto s = tape.gradient(separate, seed, {xs, ws, rs}, {.relu = rule});
+                    check_close(f[0], s[0], 1e-12, "input gradient");
+                    check_close(f[1], s[1], 1e-12, "weight gradient");
+                    check_close(f[2], s[2], 1e-12, "residual gradient");
+                    // One input at a time: the residual alone skips the convolution's backward.
+                    check_close(fused_tape.gradient(fused, seed, {rf}, {.relu = rule})[0], s[2],
+                                1e-12, "residual gradient alone");
+                    check_close(fused_tape.gradient(fused, seed, {xf}, {.relu = rule})[0], s[0],
+                                1e-12, "input gradient alone");
+                }
+    }
+}
+
 TEST_CASE("ops: linear's input gradient for a few images skips the rows of W whose output gradient is zero") {
     Random random(57);
     const index_t batch = 2, in = 1030, out = 1024;  // over 2^20 weights: split by features

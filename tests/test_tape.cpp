@@ -2,6 +2,10 @@
 // one forward, recording that starts at a named layer, names, and the errors users see.
 #include <doctest/doctest.h>
 
+#include <string>
+#include <vector>
+
+#include "gradcam/models/resnet.hpp"
 #include "gradcam/nn/layers.hpp"
 #include "gradcam/nn/sequential.hpp"
 #include "gradcam/ops/arithmetic.hpp"
@@ -175,6 +179,136 @@ TEST_CASE("tape: recording from a named layer keeps no backward state below it")
                          "layer '0' was computed but has been released: it lies before the "
                          "recording start '2'",
                          lookup_error);
+}
+
+namespace {
+
+// Two Bottleneck stages (the second with a strided downsample), a 3x3 stem, batch norms with
+// drawn statistics and affine parameters, so that no batch norm is an identity.
+struct FusionNet {
+    models::ResNet<double> net{models::ResNetConfig{.bottleneck = true,
+                                                    .blocks = {1, 2},
+                                                    .widths = {4, 8},
+                                                    .stem_channels = 8,
+                                                    .stem_kernel = 3,
+                                                    .stem_stride = 1,
+                                                    .classes = 5}};
+    Tensor<double> input{Shape{2, 3, 8, 8}};
+
+    FusionNet() {
+        net.initialise(5);
+        Random random(6);
+        for (nn::Module<double>* m : net.modules())
+            if (auto* bn = dynamic_cast<nn::BatchNorm2d<double>*>(m)) {
+                for (double& v : bn->weight()) v = random.uniform(0.5, 1.5);
+                for (double& v : bn->bias()) v = random.normal() * 0.2;
+                for (double& v : bn->running_mean()) v = random.normal() * 0.2;
+                for (double& v : bn->running_var()) v = random.uniform(0.5, 2.0);
+            }
+        for (double& v : input) v = random.normal();
+    }
+
+    // Every module's output kept: nothing fuses.
+    std::vector<std::string> paths() {
+        std::vector<std::string> out;
+        for (nn::Module<double>* m : net.modules())
+            if (!m->path().empty()) out.push_back(m->path());
+        return out;
+    }
+};
+
+}  // namespace
+
+TEST_CASE("nn: a convolution, its batch norm and ReLU run as one op where nothing needs the values between them") {
+    FusionNet f;
+    Tape<double> separate;
+    for (const std::string& path : f.paths()) separate.keep(path);
+    const Var<double> expected = f.net(separate.constant(f.input));
+
+    SUBCASE("inference: the same outputs; the values in between were never handed out") {
+        Tape<double> tape;
+        const Var<double> y = f.net(tape.constant(f.input));
+        CHECK(max_abs_difference(y.value(), expected.value()) <= 1e-13 * max_abs(expected.value()));
+        CHECK(tape.names() == separate.names());
+        for (const char* name : {"conv1", "bn1", "layer1.0.conv3", "layer1.0.bn3", "layer2.0.downsample.0"})
+            CHECK_THROWS_WITH_AS(tape.find(name),
+                                 (std::string("layer '") + name +
+                                  "' was computed inside a fused op and not kept; call keep(\"" +
+                                  name + "\") before the forward to have it")
+                                     .c_str(),
+                                 lookup_error);
+        // Values that were never inside a fused op keep the message they had.
+        CHECK_THROWS_WITH_AS(tape.find("maxpool"),
+                             "layer 'maxpool' was computed but not kept: nothing on the tape needs "
+                             "it; call keep(\"maxpool\") before the forward, or make the input a "
+                             "variable",
+                             lookup_error);
+    }
+    SUBCASE("a kept value is not fused away") {
+        Tape<double> tape;
+        tape.keep("layer2.1.bn2");
+        tape.keep("layer2.0.downsample.0");
+        const Var<double> y = f.net(tape.constant(f.input));
+        CHECK(max_abs_difference(y.value(), expected.value()) <= 1e-13 * max_abs(expected.value()));
+        for (const char* name : {"layer2.1.bn2", "layer2.0.downsample.0"})
+            CHECK(max_abs_difference(tape.find(name).value(), separate.find(name).value()) == 0);
+        CHECK_THROWS_AS(tape.find("layer2.1.conv2"), lookup_error);  // kept only with its bn
+    }
+    SUBCASE("recording: no fusion unless the caller allows it, then the same gradients") {
+        Tape<double> plain;
+        const Var<double> x_plain = plain.variable(f.input);
+        const Var<double> y_plain = sum(f.net(x_plain));
+        CHECK(plain.find("layer1.0.conv2").value().shape() == Shape{2, 4, 4, 4});
+
+        Tape<double> tape;
+        tape.fuse_while_recording(true);
+        const Var<double> x = tape.variable(f.input);
+        const Var<double> y = sum(f.net(x));
+        CHECK(tape.size() < plain.size());
+        CHECK_THROWS_AS(tape.find("layer1.0.conv2"), lookup_error);
+        for (const ReluRule rule : {ReluRule::standard, ReluRule::guided, ReluRule::deconvnet}) {
+            const Tensor<double> g = tape.gradient(y, {x}, {.relu = rule})[0];
+            const Tensor<double> g_plain = plain.gradient(y_plain, {x_plain}, {.relu = rule})[0];
+            CHECK(max_abs_difference(g, g_plain) <= 1e-12 * max_abs(g_plain));
+        }
+    }
+    SUBCASE("recording from a value a fusion would hide starts there, and the gradient is the same") {
+        Tape<double> plain;
+        const Var<double> y_plain = sum(f.net(plain.variable(f.input)));
+        const Tensor<double> expected_gradient =
+            plain.gradient(y_plain, {plain.find("layer2.0.bn2")})[0];
+        Tape<double> tape;
+        tape.record_from("layer2.0.bn2");
+        tape.fuse_while_recording(true);
+        const Var<double> y = sum(f.net(tape.constant(f.input)));
+        const Tensor<double> g = tape.gradient(y, {tape.find("layer2.0.bn2")})[0];
+        CHECK(max_abs_difference(g, expected_gradient) <= 1e-12 * max_abs(expected_gradient));
+    }
+    SUBCASE("training and parameter gradients run the layers one by one") {
+        Tape<double> tape;
+        tape.set_parameters_differentiable(true);
+        tape.fuse_while_recording(true);
+        f.net(tape.constant(f.input));
+        CHECK(tape.find("layer1.0.bn1").value().shape() == Shape{2, 4, 4, 4});
+
+        Tape<double> training;
+        nn::TrainingMode<double> mode(f.net, true);
+        f.net(training.constant(f.input));
+        CHECK(training.names() == separate.names());
+        CHECK_THROWS_WITH_AS(training.find("layer1.0.conv1"),
+                             "layer 'layer1.0.conv1' was computed but not kept: nothing on the tape "
+                             "needs it; call keep(\"layer1.0.conv1\") before the forward, or make "
+                             "the input a variable",
+                             lookup_error);
+    }
+    SUBCASE("an error in a fused convolution names the layer") {
+        Tape<double> tape;
+        CHECK_THROWS_WITH_AS(f.net(tape.constant(Tensor<double>(Shape{1, 4, 8, 8}))),
+                             "layer 'conv1': conv2d: input [1, 4, 8, 8] and weight [8, 3, 3, 3] do "
+                             "not fit with 1 group(s): need input channels = weight.size(1) * "
+                             "groups and out_channels divisible by groups",
+                             shape_error);
+    }
 }
 
 TEST_CASE("tape: names, latest value wins, unknown names list the known ones") {

@@ -260,6 +260,31 @@ class Tape {
     // soon as the forward moves past them.
     void keep(std::string name) { keep_.push_back(std::move(name)); }
 
+    // May one op compute from `input`, without handing them out, the values that would be
+    // named `names` (nn::conv_batch_norm fuses a convolution, its batch norm and ReLU so)? Not
+    // when one of them is kept or starts the recording. Where they would be recorded, only
+    // when the caller has said it will look values up by keep() and record_from() alone
+    // (fuse_while_recording): a recorded value can otherwise be found and differentiated.
+    template <class... Names>
+    bool may_fuse(const Var<T>& input, const Names&... names) const {
+        if (will_record({input}) && !fuse_while_recording_) return false;
+        const auto free = [&](std::string_view name) {
+            return name != record_from_ && std::find(keep_.begin(), keep_.end(), name) == keep_.end();
+        };
+        return (free(names) && ...);
+    }
+    void fuse_while_recording(bool on) { fuse_while_recording_ = on; }
+
+    // Notes that the value named `name` was computed inside a fused op (may_fuse said it could
+    // be): find() then explains why it has no value.
+    void name_fused(const std::string& name) {
+        if (!named_.contains(name)) name_order_.push_back(name);
+        Named& entry = named_[name];
+        entry = Named{};
+        entry.before_start = !recording_;
+        entry.fused = true;
+    }
+
     // Give `v` a name (a module path such as "layer4.1.conv2") by which it can be found.
     // A node may carry several names (a Sequential and its last child share an output); when
     // a name is given twice, find() returns the latest value, as a forward hook would.
@@ -277,6 +302,7 @@ class Tape {
         Named& entry = named_[name];
         entry.weak = v.node_;
         entry.before_start = !recording_;
+        entry.fused = false;
         entry.kept = std::find(keep_.begin(), keep_.end(), name) != keep_.end() ? v.node_ : nullptr;
     }
 
@@ -287,6 +313,10 @@ class Tape {
             throw lookup_error(detail::concat("no layer named '", name,
                                               "' was computed; known names: ", known_names()));
         auto node = it->second.weak.lock();
+        if (it->second.fused)
+            throw lookup_error(detail::concat(
+                "layer '", name, "' was computed inside a fused op and not kept; call keep(\"",
+                name, "\") before the forward to have it"));
         if (!node && it->second.before_start)
             throw lookup_error(detail::concat(
                 "layer '", name, "' was computed but has been released: it lies before the ",
@@ -464,6 +494,7 @@ class Tape {
         std::weak_ptr<Node<T>> weak;
         std::shared_ptr<Node<T>> kept;  // set for names asked for with keep()
         bool before_start = false;      // named while recording waited for record_from's layer
+        bool fused = false;             // computed inside a fused op, never handed out
     };
     std::vector<std::string> keep_;
     std::unordered_map<std::string, Named> named_;
@@ -471,6 +502,7 @@ class Tape {
     std::string record_from_;
     bool recording_ = true;
     bool parameters_differentiable_ = false;
+    bool fuse_while_recording_ = false;
 };
 
 // Names `v` on its tape and returns it, for use inside expressions.

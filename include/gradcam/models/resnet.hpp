@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "gradcam/nn/fusion.hpp"
 #include "gradcam/nn/layers.hpp"
 #include "gradcam/nn/sequential.hpp"
 #include "gradcam/ops/arithmetic.hpp"
@@ -53,9 +54,8 @@ class BasicBlock : public ResidualBlock<T> {
 
   protected:
     Var<T> forward(const Var<T>& x) override {
-        Var<T> out = relu_(bn1_(conv1_(x)));
-        out = bn2_(conv2_(out));
-        return relu_(out + this->shortcut(x));
+        const Var<T> out = nn::conv_batch_norm(conv1_, bn1_, x, &relu_);
+        return nn::conv_batch_norm(conv2_, bn2_, out, &relu_, [&] { return this->shortcut(x); });
     }
 
   private:
@@ -88,10 +88,9 @@ class Bottleneck : public ResidualBlock<T> {
 
   protected:
     Var<T> forward(const Var<T>& x) override {
-        Var<T> out = relu_(bn1_(conv1_(x)));
-        out = relu_(bn2_(conv2_(out)));
-        out = bn3_(conv3_(out));
-        return relu_(out + this->shortcut(x));
+        Var<T> out = nn::conv_batch_norm(conv1_, bn1_, x, &relu_);
+        out = nn::conv_batch_norm(conv2_, bn2_, out, &relu_);
+        return nn::conv_batch_norm(conv3_, bn3_, out, &relu_, [&] { return this->shortcut(x); });
     }
 
   private:
@@ -166,7 +165,7 @@ class ResNet : public nn::Module<T> {
 
   protected:
     Var<T> forward(const Var<T>& x) override {
-        Var<T> y = relu_(bn1_(conv1_(x)));
+        Var<T> y = nn::conv_batch_norm(conv1_, bn1_, x, &relu_);
         if (maxpool_) y = (*maxpool_)(y);
         for (nn::Sequential<T>* stage : stages_) y = (*stage)(y);
         return (*fc_)(flatten((*avgpool_)(y)));

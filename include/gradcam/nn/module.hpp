@@ -26,9 +26,17 @@ class Module {
     // Runs the module and names its output after the module's path. An error from inside is
     // prefixed with the innermost module's path, so it says which layer refused.
     Var<T> operator()(const Var<T>& x) {
-        Var<T> y;
+        Var<T> y = in_context([&] { return forward(x); });
+        if (!path_.empty()) y.tape().name(y, path_);
+        return y;
+    }
+
+    // Runs `work` for this module (as a fused op does for the modules it stands for): an error
+    // from inside is prefixed with the module's path, unless an inner module's already is.
+    template <class Work>
+    Var<T> in_context(Work&& work) const {
         try {
-            y = forward(x);
+            return work();
         } catch (const shape_error& e) {
             rethrow_in_context(e);
         } catch (const argument_error& e) {
@@ -36,8 +44,6 @@ class Module {
         } catch (const unsupported_error& e) {
             rethrow_in_context(e);
         }
-        if (!path_.empty()) y.tape().name(y, path_);
-        return y;
     }
 
     // The dotted path from the root module; empty for the root.

@@ -1,10 +1,12 @@
 // Sequential: children named "0", "1", ... applied in order, as torch.nn.Sequential, so a VGG
-// built from it has the layer names of torchvision's ("features.28").
+// built from it has the layer names of torchvision's ("features.28"). A convolution followed
+// by a batch norm (and a ReLU) runs as one op where it may (nn/fusion.hpp).
 #pragma once
 
 #include <memory>
 #include <string>
 
+#include "gradcam/nn/fusion.hpp"
 #include "gradcam/nn/module.hpp"
 
 namespace gradcam::nn {
@@ -34,8 +36,24 @@ class Sequential : public Module<T> {
   protected:
     Var<T> forward(const Var<T>& x) override {
         Var<T> y = x;
-        for (auto& [name, layer] : this->children()) y = (*layer)(y);
+        for (std::size_t i = 0; i < size(); ++i) {
+            auto* conv = layer_as<Conv2d<T>>(i);
+            auto* bn = layer_as<BatchNorm2d<T>>(i + 1);
+            if (conv && bn) {
+                auto* relu = layer_as<ReLU<T>>(i + 2);
+                y = conv_batch_norm(*conv, *bn, y, relu);
+                i += relu ? 2 : 1;
+            } else {
+                y = (*this)[i](y);
+            }
+        }
         return y;
+    }
+
+  private:
+    template <class M>
+    M* layer_as(std::size_t i) {
+        return i < size() ? dynamic_cast<M*>(&(*this)[i]) : nullptr;
     }
 };
 

@@ -14,8 +14,9 @@ namespace gradcam {
 
 namespace detail {
 
+// gamma and beta may be null (affine=False).
 template <class T>
-void check_batch_norm(const Shape& x, const Var<T>& gamma, const Var<T>& beta,
+void check_batch_norm(const Shape& x, const Shape* gamma, const Shape* beta,
                       const Tensor<T>& running_mean, const Tensor<T>& running_var) {
     expect_rank(x, 4, "batch_norm2d input", "N, C, H, W");
     const Shape per_channel{x[1]};
@@ -26,8 +27,22 @@ void check_batch_norm(const Shape& x, const Var<T>& gamma, const Var<T>& beta,
     };
     check(running_mean.shape(), "running_mean");
     check(running_var.shape(), "running_var");
-    if (gamma) check(gamma.shape(), "weight");
-    if (beta) check(beta.shape(), "bias");
+    if (gamma) check(*gamma, "weight");
+    if (beta) check(*beta, "bias");
+}
+
+// 1 / sqrt(running_var + eps) per channel.
+template <class T>
+std::vector<T> running_inv_std(const Tensor<T>& running_var, T eps) {
+    std::vector<T> inv_std(static_cast<std::size_t>(running_var.size()));
+    for (std::size_t c = 0; c < inv_std.size(); ++c) {
+        const T variance = running_var[static_cast<index_t>(c)] + eps;
+        if (!(variance > 0))
+            throw argument_error(concat("batch_norm2d: running_var[", c, "] + eps = ", variance,
+                                        " is not positive"));
+        inv_std[c] = T(1) / std::sqrt(variance);
+    }
+    return inv_std;
 }
 
 // Normalises x with per-channel `mean` and `inv_std` (1 / sqrt(var + eps)) and records the op.
@@ -119,16 +134,11 @@ Var<T> normalise_channels(const Var<T>& x, const Var<T>& gamma, const Var<T>& be
 template <class T>
 Var<T> batch_norm2d(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta,
                     const Tensor<T>& running_mean, const Tensor<T>& running_var, T eps = T(1e-5)) {
-    detail::check_batch_norm(x.shape(), gamma, beta, running_mean, running_var);
-    std::vector<T> mean(running_mean.begin(), running_mean.end()), inv_std(mean.size());
-    for (std::size_t c = 0; c < mean.size(); ++c) {
-        const T variance = running_var[static_cast<index_t>(c)] + eps;
-        if (!(variance > 0))
-            throw argument_error(detail::concat("batch_norm2d: running_var[", c,
-                                                "] + eps = ", variance, " is not positive"));
-        inv_std[c] = T(1) / std::sqrt(variance);
-    }
-    return detail::normalise_channels(x, gamma, beta, std::move(mean), std::move(inv_std), false);
+    detail::check_batch_norm(x.shape(), gamma ? &gamma.shape() : nullptr,
+                             beta ? &beta.shape() : nullptr, running_mean, running_var);
+    return detail::normalise_channels(x, gamma, beta,
+                                      std::vector<T>(running_mean.begin(), running_mean.end()),
+                                      detail::running_inv_std(running_var, eps), false);
 }
 
 // Training: normalise with the batch's mean and biased variance over (N, H, W), and move the
@@ -138,7 +148,8 @@ template <class T>
 Var<T> batch_norm2d_training(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta,
                              Tensor<T>& running_mean, Tensor<T>& running_var, T momentum = T(0.1),
                              T eps = T(1e-5)) {
-    detail::check_batch_norm(x.shape(), gamma, beta, running_mean, running_var);
+    detail::check_batch_norm(x.shape(), gamma ? &gamma.shape() : nullptr,
+                             beta ? &beta.shape() : nullptr, running_mean, running_var);
     const index_t batch = x.shape()[0], channels = x.shape()[1];
     const index_t plane = x.shape()[2] * x.shape()[3], count = batch * plane;
     if (count < 2)

@@ -234,110 +234,130 @@ void conv_pixel_major_adjoint(const T* dy, const ConvGeometry& g, const typename
 
 }  // namespace detail
 
-// forward:  y[n, o] = b[o] + sum_{c in group(o), i, j} w[o, c, i, j] * x[n, c, oh*s + i*d - p, ...]
-//           computed per image n and group g as Y_g = W_g * im2col(X_g), by tiles of output rows.
-// backward: dW_g += dY_g * im2col(X_g)^T,  dX_g += col2im(W_g^T * dY_g),  db[o] += sum dY[., o].
-// A 3x3 kernel with unit stride goes through Winograd both ways (without groups): dX is then the
-// convolution of dY with the transposed kernels rotated by 180 degrees, padded by 2 - p.
+namespace detail {
+
+// Which lowering a convolution takes, the same way in the forward and the backward.
+struct ConvLowering {
+    bool winograd_small = false;  // Winograd transposed, kernels packed and kept
+    bool winograd = false;        // Winograd untransposed
+    index_t rows_per_tile = 1;    // output rows per im2col tile
+};
+
 template <class T>
-Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
-              const Conv2dOptions& options = {}) {
-    const Shape bias_shape = bias ? bias.shape() : Shape();
-    const detail::ConvGeometry g =
-        detail::conv_geometry(x.shape(), weight.shape(), bias ? &bias_shape : nullptr, options);
-    const index_t batch = x.shape()[0], groups = options.groups;
-    const index_t out_channels = weight.shape()[0], group_out = out_channels / groups;
+ConvLowering conv_lowering(const ConvGeometry& g, index_t groups, index_t out_channels) {
+    ConvLowering l;
+    l.rows_per_tile = tile_rows(g);
+#if defined(GRADCAM_DETAIL_OWN_GEMM)
+    l.winograd_small = groups == 1 && winograd_transposed_applies<T>(g, out_channels);
+#endif
+    l.winograd = groups == 1 && !l.winograd_small && winograd_applies(g, out_channels);
+    return l;
+}
+
+// y = conv(x, weight) (+ bias), for every image and group; see conv2d.
+template <class T>
+Tensor<T> conv2d_forward(const Tensor<T>& x, const Tensor<T>& weight, const Tensor<T>* bias,
+                         const ConvGeometry& g, index_t groups) {
+    const index_t batch = x.dim(0), out_channels = weight.dim(0), group_out = out_channels / groups;
     const index_t in_plane = g.height * g.width * g.channels;  // one group's input
     const index_t out_plane = g.cols() * group_out;            // one group's output
+    const ConvLowering lowering = conv_lowering<T>(g, groups, out_channels);
 
     Tensor<T> y = Tensor<T>::uninitialized(Shape{batch, out_channels, g.out_h, g.out_w});
-    const T* xs = x.value().data();
-    const T* ws = weight.value().data();
-    const index_t rows_per_tile = detail::tile_rows(g);
+    const T* xs = x.data();
+    const T* ws = weight.data();
     // Small outputs take Winograd transposed, with its kernels packed and kept.
-    bool winograd_small = false;
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
-    winograd_small = groups == 1 && detail::winograd_transposed_applies<T>(g, out_channels);
-    std::optional<detail::WinogradTransposed<T>> packed_kernels;
-    if (winograd_small) packed_kernels.emplace(weight.value(), g, false);
+    std::optional<WinogradTransposed<T>> packed_kernels;
+    if (lowering.winograd_small) packed_kernels.emplace(weight, g, false);
 #endif
-    const bool winograd = groups == 1 && !winograd_small && detail::winograd_applies(g, out_channels);
     // Winograd's transformed weights, shared by the images. Kept with the weights when they are
     // small, as in every ResNet (making them costs 2% of a ResNet-50 forward); VGG's 512-channel
     // layers make theirs on each call, so that a Grad-CAM's memory does not grow by 16/9 of
     // those weights.
     std::shared_ptr<const Tensor<T>> kernels;
-    if (winograd)
-        kernels = detail::winograd_kernels_of(
-            weight.value(), false, 16 * out_channels * g.channels <= detail::winograd_kept_kernels_max);
+    if (lowering.winograd)
+        kernels = winograd_kernels_of(weight, false,
+                                      16 * out_channels * g.channels <= winograd_kept_kernels_max);
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
-    std::shared_ptr<const detail::PackedConvWeights<T>> packed;
-    if (!winograd && !winograd_small && detail::pixel_major_applies<T>(g))
-        packed = detail::packed_conv_weights(weight.value(), groups, false);
+    std::shared_ptr<const PackedConvWeights<T>> packed;
+    if (!lowering.winograd && !lowering.winograd_small && pixel_major_applies<T>(g))
+        packed = packed_conv_weights(weight, groups, false);
 #endif
     // Images in parallel when there are several; a single image's GEMM is threaded
     // inside detail::gemm.
     // Each image is lowered a tile of output rows at a time, so the buffer stays small.
-    detail::parallel_for(batch * groups, batch > 1, [&](index_t item, int) {
+    parallel_for(batch * groups, batch > 1, [&](index_t item, int) {
         const index_t gi = item % groups;
         const T* x_group = xs + item * in_plane;
-        const auto w_g = detail::view(ws + gi * group_out * g.rows(), group_out, g.rows());
+        const auto w_g = view(ws + gi * group_out * g.rows(), group_out, g.rows());
         T* y_group = y.data() + item * out_plane;
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
         if (packed_kernels) {
             packed_kernels->run(x_group, g, group_out, y_group, false);
         } else if (packed) {
-            detail::conv_pixel_major(x_group, g, (*packed)[static_cast<std::size_t>(gi)], group_out,
-                                     rows_per_tile, y_group);
+            conv_pixel_major(x_group, g, (*packed)[static_cast<std::size_t>(gi)], group_out,
+                             lowering.rows_per_tile, y_group);
         } else
 #endif
         if (g.is_pointwise()) {
-            detail::gemm(w_g, detail::view(x_group, g.rows(), g.cols()), y_group, g.cols(), false);
-        } else if (winograd) {
-            T* scratch = detail::thread_scratch<T>(detail::winograd_scratch_size(g, group_out));
-            detail::winograd_conv3x3(x_group, g, kernels->data(), group_out, y_group, false, scratch);
+            gemm(w_g, view(x_group, g.rows(), g.cols()), y_group, g.cols(), false);
+        } else if (lowering.winograd) {
+            T* scratch = thread_scratch<T>(winograd_scratch_size(g, group_out));
+            winograd_conv3x3(x_group, g, kernels->data(), group_out, y_group, false, scratch);
         } else {
-            T* col = detail::thread_scratch<T>(g.rows() * rows_per_tile * g.out_w);
-            for (index_t oh0 = 0; oh0 < g.out_h; oh0 += rows_per_tile) {
-                const index_t oh1 = std::min(g.out_h, oh0 + rows_per_tile), cols = (oh1 - oh0) * g.out_w;
-                detail::im2col(x_group, g, col, oh0, oh1);
-                detail::gemm(w_g, detail::view(col, g.rows(), cols), y_group + oh0 * g.out_w,
-                             g.cols(), false);
+            T* col = thread_scratch<T>(g.rows() * lowering.rows_per_tile * g.out_w);
+            for (index_t oh0 = 0; oh0 < g.out_h; oh0 += lowering.rows_per_tile) {
+                const index_t oh1 = std::min(g.out_h, oh0 + lowering.rows_per_tile),
+                              cols = (oh1 - oh0) * g.out_w;
+                im2col(x_group, g, col, oh0, oh1);
+                gemm(w_g, view(col, g.rows(), cols), y_group + oh0 * g.out_w, g.cols(), false);
             }
         }
         if (bias)
-            detail::matrix(y_group, group_out, g.cols()).colwise() +=
-                detail::ConstVectorMap<T>(bias.value().data() + gi * group_out, group_out);
+            matrix(y_group, group_out, g.cols()).colwise() +=
+                ConstVectorMap<T>(bias->data() + gi * group_out, group_out);
     });
+    return y;
+}
 
-    auto backward = [g, groups, group_out, in_plane, out_plane, rows_per_tile, winograd,
-                     winograd_small](
-                        const Node<T>& self, const Tensor<T>& dy, GradientSink<T>& sink) {
+// The backward of a convolution recorded with inputs x, weight and, when `has_bias`, bias at
+// 0, 1 and 2 (an op that fuses more after the convolution records its other inputs after these):
+//   dW_g += dY_g * im2col(X_g)^T,  dX_g += col2im(W_g^T * dY_g),  db[o] += sum dY[., o].
+template <class T>
+Backward<T> conv2d_backward(const ConvGeometry& g, index_t groups, index_t out_channels,
+                            bool has_bias) {
+    const index_t group_out = out_channels / groups;
+    const index_t in_plane = g.height * g.width * g.channels, out_plane = g.cols() * group_out;
+    const ConvLowering lowering = conv_lowering<T>(g, groups, out_channels);
+    return [g, groups, group_out, in_plane, out_plane, lowering, has_bias](
+               const Node<T>& self, const Tensor<T>& dy, GradientSink<T>& sink) {
+        const index_t rows_per_tile = lowering.rows_per_tile;
         const Tensor<T>& xv = self.input(0).value();
         const Tensor<T>& wv = self.input(1).value();
         const index_t batch = xv.shape()[0];
         const bool want_x = sink.wants(0), want_w = sink.wants(1);
-        const bool want_b = self.input_count() > 2 && sink.wants(2);
+        const bool want_b = has_bias && sink.wants(2);
         bool fresh = false;  // dx is uninitialised: assign to it rather than add
         T* dx = want_x ? sink.of(0, fresh).data() : nullptr;
         // The input gradient by Winograd: the 3x3 convolution of dY (padded by 2 - p) back to x.
-        const bool winograd_dx = want_x && winograd && detail::winograd_adjoint_applies(g);
+        const bool winograd_dx = want_x && lowering.winograd && winograd_adjoint_applies(g);
         const bool winograd_small_dx =
-            want_x && winograd_small && detail::winograd_adjoint_applies(g);
+            want_x && lowering.winograd_small && winograd_adjoint_applies(g);
         if (fresh && !g.is_pointwise() && !winograd_dx && !winograd_small_dx)
             std::fill_n(dx, xv.size(), T(0));  // col2im adds
-        const detail::ConvGeometry adjoint = detail::winograd_adjoint(g, group_out);
+        const ConvGeometry adjoint = winograd_adjoint(g, group_out);
         // Kept with the weights whatever their size: a Grad-CAM's backward pass does not come
         // down to these layers, and the passes that do need memory for every activation anyway.
         std::shared_ptr<const Tensor<T>> adjoint_kernels;
-        if (winograd_dx) adjoint_kernels = detail::winograd_kernels_of(wv, true, true);
+        if (winograd_dx) adjoint_kernels = winograd_kernels_of(wv, true, true);
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
-        std::shared_ptr<const detail::PackedConvWeights<T>> adjoint_packed;
-        std::optional<detail::WinogradTransposed<T>> adjoint_packed_kernels;
+        std::shared_ptr<const PackedConvWeights<T>> adjoint_packed;
+        std::optional<WinogradTransposed<T>> adjoint_packed_kernels;
         if (winograd_small_dx)
             adjoint_packed_kernels.emplace(wv, adjoint, true);
-        else if (want_x && !winograd_dx && detail::pixel_major_applies<T>(g))
-            adjoint_packed = detail::packed_conv_weights(wv, groups, true);
+        else if (want_x && !winograd_dx && pixel_major_applies<T>(g))
+            adjoint_packed = packed_conv_weights(wv, groups, true);
 #else
         (void)winograd_small_dx;
 #endif
@@ -346,12 +366,12 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
         const index_t weight_size = wv.size();
         std::vector<Tensor<T>> dw_partial;
         if (want_w)
-            for (int t = 0; t < detail::parallel_threads(batch * groups, parallel); ++t)
+            for (int t = 0; t < parallel_threads(batch * groups, parallel); ++t)
                 dw_partial.emplace_back(Shape{weight_size});
-        detail::parallel_for(batch * groups, parallel, [&](index_t item, int thread) {
+        parallel_for(batch * groups, parallel, [&](index_t item, int thread) {
             const index_t gi = item % groups;
             const T* dy_group = dy.data() + item * out_plane;
-            const auto w_g = detail::view(wv.data() + gi * group_out * g.rows(), group_out, g.rows());
+            const auto w_g = view(wv.data() + gi * group_out * g.rows(), group_out, g.rows());
             const T* x_group = xv.data() + item * in_plane;
             T* dw_g = want_w ? dw_partial[static_cast<std::size_t>(thread)].data() +
                                    gi * group_out * g.rows()
@@ -364,52 +384,70 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
                 dx_done = true;
                 if (!want_w) return;
             } else if (adjoint_packed) {
-                detail::conv_pixel_major_adjoint(dy_group, g, (*adjoint_packed)[static_cast<std::size_t>(gi)],
-                                                 group_out, dx + item * in_plane,
-                                                 !(fresh && g.is_pointwise()));
+                conv_pixel_major_adjoint(dy_group, g, (*adjoint_packed)[static_cast<std::size_t>(gi)],
+                                         group_out, dx + item * in_plane,
+                                         !(fresh && g.is_pointwise()));
                 dx_done = true;
                 if (!want_w) return;
             }
 #endif
             if (g.is_pointwise()) {
-                const auto dy_g = detail::view(dy_group, group_out, g.cols());
+                const auto dy_g = view(dy_group, group_out, g.cols());
                 if (want_x && !dx_done)
-                    detail::gemm(w_g.transposed(), dy_g, dx + item * in_plane, g.cols(), !fresh);
+                    gemm(w_g.transposed(), dy_g, dx + item * in_plane, g.cols(), !fresh);
                 if (want_w)
-                    detail::gemm(dy_g, detail::view(x_group, g.rows(), g.cols()).transposed(), dw_g,
-                                 g.rows(), true);
+                    gemm(dy_g, view(x_group, g.rows(), g.cols()).transposed(), dw_g, g.rows(),
+                         true);
                 return;
             }
             if (winograd_dx) {
-                T* scratch = detail::thread_scratch<T>(detail::winograd_scratch_size(adjoint, g.channels));
-                detail::winograd_conv3x3(dy_group, adjoint, adjoint_kernels->data(), g.channels,
-                                         dx + item * in_plane, !fresh, scratch);
+                T* scratch = thread_scratch<T>(winograd_scratch_size(adjoint, g.channels));
+                winograd_conv3x3(dy_group, adjoint, adjoint_kernels->data(), g.channels,
+                                 dx + item * in_plane, !fresh, scratch);
                 if (!want_w) return;
             }
-            T* col = detail::thread_scratch<T>(g.rows() * rows_per_tile * g.out_w);
+            T* col = thread_scratch<T>(g.rows() * rows_per_tile * g.out_w);
             for (index_t oh0 = 0; oh0 < g.out_h; oh0 += rows_per_tile) {
                 const index_t oh1 = std::min(g.out_h, oh0 + rows_per_tile), cols = (oh1 - oh0) * g.out_w;
-                const auto dy_tile = detail::view(dy_group + oh0 * g.out_w, group_out, cols, g.cols());
+                const auto dy_tile = view(dy_group + oh0 * g.out_w, group_out, cols, g.cols());
                 if (want_x && !winograd_dx && !dx_done) {
-                    detail::gemm(w_g.transposed(), dy_tile, col, cols, false);
-                    detail::col2im_add(col, g, dx + item * in_plane, oh0, oh1);
+                    gemm(w_g.transposed(), dy_tile, col, cols, false);
+                    col2im_add(col, g, dx + item * in_plane, oh0, oh1);
                 }
                 if (want_w) {
-                    detail::im2col(x_group, g, col, oh0, oh1);
-                    detail::gemm(dy_tile, detail::view(col, g.rows(), cols).transposed(), dw_g,
-                                 g.rows(), true);
+                    im2col(x_group, g, col, oh0, oh1);
+                    gemm(dy_tile, view(col, g.rows(), cols).transposed(), dw_g, g.rows(), true);
                 }
             }
         });
         if (want_w) {
-            auto dw = detail::array(sink.of(1).data(), weight_size);
-            for (const Tensor<T>& part : dw_partial) dw += detail::array(part.data(), weight_size);
+            auto dw = array(sink.of(1).data(), weight_size);
+            for (const Tensor<T>& part : dw_partial) dw += array(part.data(), weight_size);
         }
         if (want_b)
             for (index_t item = 0; item < batch * groups; ++item)
-                detail::VectorMap<T>(sink.of(2).data() + (item % groups) * group_out, group_out) +=
-                    detail::matrix(dy.data() + item * out_plane, group_out, g.cols()).rowwise().sum();
+                VectorMap<T>(sink.of(2).data() + (item % groups) * group_out, group_out) +=
+                    matrix(dy.data() + item * out_plane, group_out, g.cols()).rowwise().sum();
     };
+}
+
+}  // namespace detail
+
+// forward:  y[n, o] = b[o] + sum_{c in group(o), i, j} w[o, c, i, j] * x[n, c, oh*s + i*d - p, ...]
+//           computed per image n and group g as Y_g = W_g * im2col(X_g), by tiles of output rows.
+// backward: dW_g += dY_g * im2col(X_g)^T,  dX_g += col2im(W_g^T * dY_g),  db[o] += sum dY[., o].
+// A 3x3 kernel with unit stride goes through Winograd both ways (without groups): dX is then the
+// convolution of dY with the transposed kernels rotated by 180 degrees, padded by 2 - p.
+template <class T>
+Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
+              const Conv2dOptions& options = {}) {
+    const Shape bias_shape = bias ? bias.shape() : Shape();
+    const detail::ConvGeometry g =
+        detail::conv_geometry(x.shape(), weight.shape(), bias ? &bias_shape : nullptr, options);
+    Tensor<T> y = detail::conv2d_forward(x.value(), weight.value(),
+                                         bias ? &bias.value() : nullptr, g, options.groups);
+    auto backward =
+        detail::conv2d_backward<T>(g, options.groups, weight.shape()[0], static_cast<bool>(bias));
     if (bias)
         return x.tape().record("conv2d", std::move(y), {x, weight, bias}, std::move(backward));
     return x.tape().record("conv2d", std::move(y), {x, weight}, std::move(backward));

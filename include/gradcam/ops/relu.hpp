@@ -10,6 +10,28 @@
 
 namespace gradcam {
 
+namespace detail {
+
+// Calls use(gated) with the gradient that passes back through a ReLU whose output is `out`,
+// given the gradient g that reaches it, under `rule` (Eigen arrays, element by element).
+template <class Out, class G, class Use>
+void relu_gated(ReluRule rule, const Out& out, const G& g, Use&& use) {
+    const typename G::Scalar zero(0);
+    switch (rule) {
+        case ReluRule::standard:
+            use((out > zero).select(g, zero));
+            break;
+        case ReluRule::guided:
+            use((out > zero && g > zero).select(g, zero));
+            break;
+        case ReluRule::deconvnet:
+            use(g.max(zero));
+            break;
+    }
+}
+
+}  // namespace detail
+
 // forward:  y = max(x, 0)
 // backward: standard  dx = dy * [x > 0]
 //           guided    dx = dy * [x > 0] * [dy > 0]
@@ -31,21 +53,10 @@ Var<T> relu(const Var<T>& x) {
             T* dx_all = sink.of_elementwise(0, fresh).data();
             const ReluRule rule = sink.options().relu;
             detail::parallel_chunks(dy.size(), [&](index_t begin, index_t count) {
-                auto out = detail::array(self.value().data() + begin, count);
-                auto g = detail::array(dy.data() + begin, count);
                 auto dx = detail::array(dx_all + begin, count);
-                const T zero(0);
-                switch (rule) {
-                    case ReluRule::standard:
-                        detail::assign_or_add(dx, (out > zero).select(g, zero), fresh);
-                        break;
-                    case ReluRule::guided:
-                        detail::assign_or_add(dx, (out > zero && g > zero).select(g, zero), fresh);
-                        break;
-                    case ReluRule::deconvnet:
-                        detail::assign_or_add(dx, g.max(zero), fresh);
-                        break;
-                }
+                detail::relu_gated(rule, detail::array(self.value().data() + begin, count),
+                                   detail::array(dy.data() + begin, count),
+                                   [&](const auto& gated) { detail::assign_or_add(dx, gated, fresh); });
             });
         });
 }

@@ -1,0 +1,118 @@
+// A convolution, its batch norm at inference, an optional residual and an optional ReLU as one
+// op, the way inference engines run a ResNet:
+//   z = conv2d(x, W) + b,   y = relu?((z - mean_c) * a_c + beta_c + residual?),
+//   a_c = gamma_c / sqrt(var_c + eps).
+// The tail runs in place on the convolution's output, in one pass, where the separate ops make
+// three passes that each write a new tensor. The batch norm's tensors are constants of the op
+// (no gradient reaches them); nn::conv_batch_norm chooses it only where that holds.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "gradcam/ops/batch_norm.hpp"
+#include "gradcam/ops/conv.hpp"
+#include "gradcam/ops/relu.hpp"
+
+namespace gradcam {
+
+// A batch norm at inference: running statistics and the optional affine parameters.
+template <class T>
+struct BatchNormConstants {
+    const Tensor<T>& running_mean;
+    const Tensor<T>& running_var;
+    const Tensor<T>* gamma = nullptr;  // null: scale 1 (affine=False)
+    const Tensor<T>* beta = nullptr;   // null: shift 0
+    T eps = T(1e-5);
+};
+
+// forward:  as above; the batch norm's arithmetic is batch_norm2d's, so the values are the
+//           same as those of the separate ops.
+// backward: g = dy through the ReLU (under the pass's ReluRule), d residual += g,
+//           then conv2d's backward with dz = g * a_c.
+template <class T>
+Var<T> conv2d_batch_norm(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
+                         const Conv2dOptions& options, const BatchNormConstants<T>& bn,
+                         const Var<T>& residual = {}, bool relu = false) {
+    const Shape bias_shape = bias ? bias.shape() : Shape();
+    const detail::ConvGeometry g =
+        detail::conv_geometry(x.shape(), weight.shape(), bias ? &bias_shape : nullptr, options);
+    const index_t batch = x.shape()[0], channels = weight.shape()[0], plane = g.cols();
+    const Shape out_shape{batch, channels, g.out_h, g.out_w};
+    detail::check_batch_norm(out_shape, bn.gamma ? &bn.gamma->shape() : nullptr,
+                             bn.beta ? &bn.beta->shape() : nullptr, bn.running_mean,
+                             bn.running_var);
+    if (residual && residual.shape() != out_shape)
+        throw shape_error(detail::concat("conv2d_batch_norm: the residual has shape ",
+                                         residual.shape(), " but the convolution's output has ",
+                                         out_shape));
+    const std::vector<T> inv_std = detail::running_inv_std(bn.running_var, bn.eps);
+    std::vector<T> mean(bn.running_mean.begin(), bn.running_mean.end()), a(inv_std.size()),
+        b(inv_std.size());
+    for (std::size_t c = 0; c < a.size(); ++c) {
+        const index_t k = static_cast<index_t>(c);
+        a[c] = (bn.gamma ? (*bn.gamma)[k] : T(1)) * inv_std[c];
+        b[c] = bn.beta ? (*bn.beta)[k] : T(0);
+    }
+
+    Tensor<T> y = detail::conv2d_forward(x.value(), weight.value(),
+                                         bias ? &bias.value() : nullptr, g, options.groups);
+    T* ys = y.data();
+    const T* rs = residual ? residual.value().data() : nullptr;
+    detail::parallel_for(batch * channels, y.size() >= detail::parallel_grain, [&](index_t item, int) {
+        const std::size_t k = static_cast<std::size_t>(item % channels);
+        auto v = detail::array(ys + item * plane, plane);
+        const auto normalised = (v - mean[k]) * a[k] + b[k];
+        const auto tail = [&](const auto& value) {
+            if (relu)
+                v = value.max(T(0));
+            else
+                v = value;
+        };
+        if (rs)
+            tail(normalised + detail::array(rs + item * plane, plane));
+        else
+            tail(normalised);
+    });
+
+    const bool has_bias = static_cast<bool>(bias);
+    const std::size_t residual_at = has_bias ? 3 : 2;
+    auto conv_backward = detail::conv2d_backward<T>(g, options.groups, channels, has_bias);
+    auto backward = [conv_backward = std::move(conv_backward), a = std::move(a), channels, plane,
+                     relu, has_residual = static_cast<bool>(residual), has_bias, residual_at](
+                        const Node<T>& self, const Tensor<T>& dy, GradientSink<T>& sink) {
+        const bool want_conv = sink.wants(0) || sink.wants(1) || (has_bias && sink.wants(2));
+        const bool want_residual = has_residual && sink.wants(residual_at);
+        Tensor<T> dz = want_conv ? Tensor<T>::uninitialized(dy.shape()) : Tensor<T>();
+        bool fresh = false;
+        // The residual's gradient is g, element by element: it may take dy's own tensor.
+        T* dr = want_residual ? sink.of_elementwise(residual_at, fresh).data() : nullptr;
+        const ReluRule rule = sink.options().relu;
+        detail::parallel_for(dy.dim(0) * channels, dy.size() >= detail::parallel_grain,
+                             [&](index_t item, int) {
+            const std::size_t k = static_cast<std::size_t>(item % channels);
+            const index_t offset = item * plane;
+            // dz first: dr may be dy's own tensor.
+            const auto tail = [&](const auto& gated) {
+                if (want_conv) detail::array(dz.data() + offset, plane) = gated * a[k];
+                if (want_residual)
+                    detail::assign_or_add(detail::array(dr + offset, plane), gated, fresh);
+            };
+            const auto g = detail::array(dy.data() + offset, plane);
+            if (relu)
+                detail::relu_gated(rule, detail::array(self.value().data() + offset, plane), g, tail);
+            else
+                tail(g);
+        });
+        if (want_conv) conv_backward(self, dz, sink);
+    };
+
+    std::vector<Var<T>> inputs{x, weight};
+    if (bias) inputs.push_back(bias);
+    if (residual) inputs.push_back(residual);
+    const std::string op = std::string("conv2d+batch_norm2d") + (residual ? "+add" : "") +
+                           (relu ? "+relu" : "");
+    return x.tape().record(op, std::move(y), inputs, std::move(backward));
+}
+
+}  // namespace gradcam
