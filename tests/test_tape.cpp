@@ -2,9 +2,13 @@
 // one forward, recording that starts at a named layer, names, and the errors users see.
 #include <doctest/doctest.h>
 
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "gradcam/explain/grad_cam.hpp"
+#include "gradcam/explain/saliency.hpp"
 #include "gradcam/models/resnet.hpp"
 #include "gradcam/nn/layers.hpp"
 #include "gradcam/nn/sequential.hpp"
@@ -208,7 +212,7 @@ struct FusionNet {
         for (double& v : input) v = random.normal();
     }
 
-    // Every module's output kept: nothing fuses.
+    // Every module's path: a tape that keeps them all fuses nothing.
     std::vector<std::string> paths() {
         std::vector<std::string> out;
         for (nn::Module<double>* m : net.modules())
@@ -252,7 +256,12 @@ TEST_CASE("nn: a convolution, its batch norm and ReLU run as one op where nothin
         CHECK(max_abs_difference(y.value(), expected.value()) <= 1e-13 * max_abs(expected.value()));
         for (const char* name : {"layer2.1.bn2", "layer2.0.downsample.0"})
             CHECK(max_abs_difference(tape.find(name).value(), separate.find(name).value()) == 0);
-        CHECK_THROWS_AS(tape.find("layer2.1.conv2"), lookup_error);  // kept only with its bn
+        // Keeping the batch norm's value runs its convolution unfused too.
+        CHECK_THROWS_WITH_AS(tape.find("layer2.1.conv2"),
+                             "layer 'layer2.1.conv2' was computed but not kept: nothing on the "
+                             "tape needs it; call keep(\"layer2.1.conv2\") before the forward, or "
+                             "make the input a variable",
+                             lookup_error);
     }
     SUBCASE("recording: no fusion unless the caller allows it, then the same gradients") {
         Tape<double> plain;
@@ -261,7 +270,7 @@ TEST_CASE("nn: a convolution, its batch norm and ReLU run as one op where nothin
         CHECK(plain.find("layer1.0.conv2").value().shape() == Shape{2, 4, 4, 4});
 
         Tape<double> tape;
-        tape.fuse_while_recording(true);
+        tape.set_fusion_while_recording(true);
         const Var<double> x = tape.variable(f.input);
         const Var<double> y = sum(f.net(x));
         CHECK(tape.size() < plain.size());
@@ -279,7 +288,7 @@ TEST_CASE("nn: a convolution, its batch norm and ReLU run as one op where nothin
             plain.gradient(y_plain, {plain.find("layer2.0.bn2")})[0];
         Tape<double> tape;
         tape.record_from("layer2.0.bn2");
-        tape.fuse_while_recording(true);
+        tape.set_fusion_while_recording(true);
         const Var<double> y = sum(f.net(tape.constant(f.input)));
         const Tensor<double> g = tape.gradient(y, {tape.find("layer2.0.bn2")})[0];
         CHECK(max_abs_difference(g, expected_gradient) <= 1e-12 * max_abs(expected_gradient));
@@ -287,7 +296,7 @@ TEST_CASE("nn: a convolution, its batch norm and ReLU run as one op where nothin
     SUBCASE("training and parameter gradients run the layers one by one") {
         Tape<double> tape;
         tape.set_parameters_differentiable(true);
-        tape.fuse_while_recording(true);
+        tape.set_fusion_while_recording(true);
         f.net(tape.constant(f.input));
         CHECK(tape.find("layer1.0.bn1").value().shape() == Shape{2, 4, 4, 4});
 
@@ -301,6 +310,31 @@ TEST_CASE("nn: a convolution, its batch norm and ReLU run as one op where nothin
                              "the input a variable",
                              lookup_error);
     }
+    SUBCASE("explanations of a module network fuse, and give what they give unfused") {
+        // A callable network runs its modules on a recorded tape without fusion.
+        auto unfused = [&](const Var<double>& x) { return f.net(x); };
+        // A layer inside a fused run: guided_grad_cam keeps it, grad_cam starts recording there.
+        for (const char* layer : {"layer1.0.bn2", "layer2.0.conv3", "layer2"}) {
+            INFO(layer);
+            const GuidedGradCamResult<double> a = guided_grad_cam(f.net, f.input, layer);
+            const GuidedGradCamResult<double> b = guided_grad_cam(unfused, f.input, layer);
+            CHECK(max_abs_difference(a.map, b.map) <= 1e-12 * max_abs(b.map));
+            CHECK(max_abs_difference(a.guided, b.guided) <= 1e-12 * max_abs(b.guided));
+            CHECK(max_abs_difference(a.grad_cam.raw, b.grad_cam.raw) <= 1e-12 * max_abs(b.grad_cam.raw));
+            const CamResult<double> c = grad_cam(f.net, f.input, layer);
+            CHECK(max_abs_difference(c.raw, b.grad_cam.raw) <= 1e-12 * max_abs(b.grad_cam.raw));
+        }
+    }
+    SUBCASE("a batch norm that would fail runs unfused and names itself") {
+        f.net.module("bn1").tensor("running_var")[1] = -2.0;
+        Tape<double> tape;
+        try {
+            f.net(tape.constant(f.input));
+            FAIL("no error for a negative running_var");
+        } catch (const argument_error& e) {
+            CHECK(std::string(e.what()).starts_with("layer 'bn1': batch_norm2d: running_var[1] + eps = "));
+        }
+    }
     SUBCASE("an error in a fused convolution names the layer") {
         Tape<double> tape;
         CHECK_THROWS_WITH_AS(f.net(tape.constant(Tensor<double>(Shape{1, 4, 8, 8}))),
@@ -308,6 +342,88 @@ TEST_CASE("nn: a convolution, its batch norm and ReLU run as one op where nothin
                              "not fit with 1 group(s): need input channels = weight.size(1) * "
                              "groups and out_channels divisible by groups",
                              shape_error);
+    }
+}
+
+namespace {
+
+// A convolution and batch norm with an unregistered ReLU (no path) and an optional residual.
+struct ConvBatchNorm : nn::Module<double> {
+    nn::Conv2d<double>& conv = submodule<nn::Conv2d<double>>("conv", 2, 3, 3, Conv2dOptions{.padding = 1});
+    nn::BatchNorm2d<double>& bn = submodule<nn::BatchNorm2d<double>>("bn", 3);
+    nn::ReLU<double> loose;
+    std::function<Var<double>()> residual;
+
+    Var<double> forward(const Var<double>& x) override {
+        if (residual) return nn::conv_batch_norm(conv, bn, x, &loose, residual);
+        return nn::conv_batch_norm(conv, bn, x, &loose);
+    }
+};
+
+// A convolution whose forward is not Conv2d's: it doubles its output.
+struct DoubledConv : nn::Conv2d<double> {
+    using nn::Conv2d<double>::Conv2d;
+
+  protected:
+    Var<double> forward(const Var<double>& x) override {
+        return scale(nn::Conv2d<double>::forward(x), 2.0);
+    }
+};
+
+}  // namespace
+
+TEST_CASE("nn: what conv_batch_norm does not fuse, and its errors") {
+    const Tensor<double> x = ramp(Shape{1, 2, 4, 4}, -1.0, 0.125);
+    SUBCASE("a ReLU without a path: the batch norm's name stays on the batch norm's value") {
+        ConvBatchNorm net;
+        net.initialise(8);
+        Tape<double> fused, separate;
+        separate.keep("bn");
+        const Var<double> y = net(fused.constant(x)), expected = net(separate.constant(x));
+        CHECK(max_abs_difference(y.value(), expected.value()) <= 1e-14 * max_abs(expected.value()));
+        // The ReLU cut some values: the batch norm's differ from the output.
+        CHECK(max_abs_difference(separate.find("bn").value(), expected.value()) > 0.1);
+        CHECK_THROWS_WITH_AS(fused.find("bn"),
+                             "layer 'bn' was computed inside a fused op and not kept; call "
+                             "keep(\"bn\") before the forward to have it",
+                             lookup_error);
+    }
+    SUBCASE("a residual of the wrong shape is refused by the add, as unfused") {
+        ConvBatchNorm net;
+        Tape<double> tape;
+        net.residual = [&] { return tape.constant(Tensor<double>(Shape{1, 3, 2, 2})); };
+        CHECK_THROWS_WITH_AS(net(tape.constant(x)), "add: operand shapes differ: [1, 3, 4, 4] vs [1, 3, 2, 2]",
+                             shape_error);
+        net.residual = [] { return Var<double>(); };
+        CHECK_THROWS_WITH_AS(net(tape.constant(x)), "conv_batch_norm: the residual is an empty Var",
+                             argument_error);
+    }
+    SUBCASE("a subclass of a layer runs its own forward; the plain layers after it fuse") {
+        nn::Sequential<double> net;
+        net.push_back(std::make_shared<DoubledConv>(2, 3, 3, Conv2dOptions{.padding = 1}));
+        net.emplace_back<nn::BatchNorm2d<double>>(3);
+        net.emplace_back<nn::ReLU<double>>();
+        net.emplace_back<nn::Conv2d<double>>(3, 4, 1);
+        net.emplace_back<nn::BatchNorm2d<double>>(4);
+        net.emplace_back<nn::ReLU<double>>();
+        net.initialise(9);
+        Tape<double> fused, separate;
+        fused.keep("2");
+        for (const char* name : {"0", "1", "2", "3", "4", "5"}) separate.keep(name);
+        const Var<double> y = net(fused.constant(x)), expected = net(separate.constant(x));
+        CHECK(max_abs_difference(y.value(), expected.value()) <= 1e-14 * max_abs(expected.value()));
+        const Tensor<double> doubled_block = separate.find("2").value();
+        REQUIRE(max_abs(doubled_block) > 0.1);
+        CHECK(max_abs_difference(fused.find("2").value(), doubled_block) <= 1e-14 * max_abs(doubled_block));
+        CHECK(fused.names() == separate.names());
+        CHECK_THROWS_WITH_AS(fused.find("1"),
+                             "layer '1' was computed but not kept: nothing on the tape needs it; "
+                             "call keep(\"1\") before the forward, or make the input a variable",
+                             lookup_error);
+        CHECK_THROWS_WITH_AS(fused.find("4"),
+                             "layer '4' was computed inside a fused op and not kept; call "
+                             "keep(\"4\") before the forward to have it",
+                             lookup_error);
     }
 }
 

@@ -256,24 +256,27 @@ class Tape {
     }
 
     // Keep the value that will be named `name` for find(), even if nothing records it (as a
-    // forward hook would). Values gradients can reach are kept anyway; others are released as
-    // soon as the forward moves past them.
+    // forward hook would), and not fused away (may_fuse). Values gradients can reach are kept
+    // anyway unless fused; others are released as soon as the forward moves past them.
     void keep(std::string name) { keep_.push_back(std::move(name)); }
 
-    // May one op compute from `input`, without handing them out, the values that would be
-    // named `names` (nn::conv_batch_norm fuses a convolution, its batch norm and ReLU so)? Not
-    // when one of them is kept or starts the recording. Where they would be recorded, only
-    // when the caller has said it will look values up by keep() and record_from() alone
-    // (fuse_while_recording): a recorded value can otherwise be found and differentiated.
+    // May one op compute from `input` the values that would be named `names` without handing
+    // them out (nn::conv_batch_norm fuses a convolution, its batch norm and ReLU so)? Yes when
+    // none of them is kept or is the record_from layer, and either the op will not record
+    // (`input` is a constant, or recording has not started) or fusion while recording is on.
     template <class... Names>
     bool may_fuse(const Var<T>& input, const Names&... names) const {
-        if (will_record({input}) && !fuse_while_recording_) return false;
+        if (will_record({input}) && !fusion_while_recording_) return false;
         const auto free = [&](std::string_view name) {
             return name != record_from_ && std::find(keep_.begin(), keep_.end(), name) == keep_.end();
         };
         return (free(names) && ...);
     }
-    void fuse_while_recording(bool on) { fuse_while_recording_ = on; }
+    // Fusion where the forward records. Off by default: a recorded value can otherwise be found
+    // and differentiated after the forward. The explanations switch it on for module networks,
+    // which they query only through keep() and record_from().
+    void set_fusion_while_recording(bool on) { fusion_while_recording_ = on; }
+    bool fusion_while_recording() const { return fusion_while_recording_; }
 
     // Notes that the value named `name` was computed inside a fused op (may_fuse said it could
     // be): find() then explains why it has no value.
@@ -281,7 +284,6 @@ class Tape {
         if (!named_.contains(name)) name_order_.push_back(name);
         Named& entry = named_[name];
         entry = Named{};
-        entry.before_start = !recording_;
         entry.fused = true;
     }
 
@@ -502,7 +504,7 @@ class Tape {
     std::string record_from_;
     bool recording_ = true;
     bool parameters_differentiable_ = false;
-    bool fuse_while_recording_ = false;
+    bool fusion_while_recording_ = false;
 };
 
 // Names `v` on its tape and returns it, for use inside expressions.

@@ -16,11 +16,14 @@ concept Network = std::is_invocable_r_v<Var<T>, Net&, Tape<T>&, const Var<T>&> |
 
 // Runs the network for an explanation. A module network runs in inference mode whatever mode
 // it was left in (batch statistics would make the images of a batch interact and would move
-// the running statistics); a callable is responsible for its own modules.
+// the running statistics), and may fuse its layers where the forward records: the explanation
+// reads values only by keep() and record_from(), and the target only the outputs. A callable
+// is responsible for its own modules, and may look values up on the tape as it likes.
 template <class T, Network<T> Net>
 Var<T> run_network(Net& net, Tape<T>& tape, const Var<T>& input) {
     if constexpr (std::is_base_of_v<nn::Module<T>, Net>) {
         nn::TrainingMode<T> inference(net, false);
+        tape.set_fusion_while_recording(true);
         return net(input);
     } else if constexpr (std::is_invocable_r_v<Var<T>, Net&, Tape<T>&, const Var<T>&>) {
         return net(tape, input);

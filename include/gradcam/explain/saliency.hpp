@@ -25,7 +25,6 @@ SaliencyResult<T> input_gradient(
     ReluRule rule) {
     detail::expect_image_batch(input, "input_gradient");
     Tape<T> tape;
-    tape.fuse_while_recording(true);  // only the input's gradient is asked for
     const Var<T> x = tape.variable(input);
     const Var<T> outputs = run_network(net, tape, x);
     SaliencyResult<T> result;
@@ -87,8 +86,7 @@ GuidedGradCamResult<T> guided_grad_cam(
     const std::type_identity_t<Target<T>>& target = {}) {
     detail::expect_image_batch(input, "guided_grad_cam");
     Tape<T> tape;
-    tape.keep(std::string(layer));
-    tape.fuse_while_recording(true);  // nothing but `layer` is looked up
+    tape.keep(std::string(layer));  // the Grad-CAM half reads it after the forward
     const Var<T> x = tape.variable(input);
     const Var<T> outputs = run_network(net, tape, x);
     const Var<T> activations = tape.find(layer);

@@ -9,35 +9,74 @@
 
 #include <cstddef>
 #include <type_traits>
+#include <typeinfo>
 
 #include "gradcam/nn/layers.hpp"
 #include "gradcam/ops/arithmetic.hpp"
 #include "gradcam/ops/fused.hpp"
 
+namespace gradcam::detail {
+
+// The layers themselves, not subclasses (whose forward may differ), registered with names the
+// tape can give (name_fused), with a batch norm whose every error the fused op would report
+// under the convolution's name: those run one by one, and the layer at fault names itself.
+template <class T>
+bool fusable(nn::Conv2d<T>& conv, nn::BatchNorm2d<T>& bn, nn::ReLU<T>* relu) {
+    if (typeid(conv) != typeid(nn::Conv2d<T>) || typeid(bn) != typeid(nn::BatchNorm2d<T>) ||
+        (relu && typeid(*relu) != typeid(nn::ReLU<T>)) || conv.path().empty() || bn.path().empty())
+        return false;
+    const index_t channels = conv.weight().dim(0);
+    if (bn.running_mean().size() != channels || bn.running_var().size() != channels ||
+        bn.weight().size() != channels || bn.bias().size() != channels)
+        return false;
+    for (const T v : bn.running_var())
+        if (!(v + static_cast<T>(bn.eps()) > 0)) return false;
+    return true;
+}
+
+}  // namespace gradcam::detail
+
 namespace gradcam::nn {
 
 // `residual` (a callable returning the Var to add before the ReLU, or nullptr) is called where
-// a block adds its shortcut: after the batch norm when the modules run one by one.
+// a block adds its shortcut: after the batch norm when the modules run one by one, before the
+// convolution when they are fused.
 template <class T, class Residual = std::nullptr_t>
 Var<T> conv_batch_norm(Conv2d<T>& conv, BatchNorm2d<T>& bn, const Var<T>& x,
                        ReLU<T>* relu = nullptr, Residual&& residual = nullptr) {
     constexpr bool has_residual = !std::is_same_v<std::remove_cvref_t<Residual>, std::nullptr_t>;
     Tape<T>& tape = x.tape();
-    const bool bn_inside = relu || has_residual;  // the batch norm's value is not the result
-    // Mismatched layers run one by one, so that the layer at fault reports itself.
-    const bool fits = bn.running_mean().size() == conv.weight().dim(0) && !conv.path().empty() &&
-                      !bn.path().empty();
-    const bool fuse = fits && !bn.training() && !tape.parameters_differentiable() &&
-                      (bn_inside ? tape.may_fuse(x, conv.path(), bn.path()) : tape.may_fuse(x, conv.path()));
-    if (!fuse) {
+    const bool bn_hidden = relu || has_residual;  // the batch norm's value is not the result
+    const bool fuse = detail::fusable(conv, bn, relu) && !bn.training() &&
+                      !tape.parameters_differentiable() &&
+                      (bn_hidden ? tape.may_fuse(x, conv.path(), bn.path())
+                                 : tape.may_fuse(x, conv.path()));
+    const auto one_by_one = [&] {
         Var<T> y = bn(conv(x));
         if constexpr (has_residual) y = y + residual();
         return relu ? (*relu)(y) : y;
-    }
+    };
+    if (!fuse) return one_by_one();
+    // An input that does not fit the convolution fails here, before any name is given.
+    const Shape out = conv.in_context([&] {
+        const Shape bias_shape = conv.bias() ? conv.bias()->shape() : Shape();
+        const detail::ConvGeometry g =
+            detail::conv_geometry(x.shape(), conv.weight().shape(),
+                                  conv.bias() ? &bias_shape : nullptr, conv.options());
+        return Shape{x.shape()[0], conv.weight().dim(0), g.out_h, g.out_w};
+    });
     tape.name_fused(conv.path());
-    if (bn_inside) tape.name_fused(bn.path());
+    if (bn_hidden) tape.name_fused(bn.path());
     Var<T> shortcut;
-    if constexpr (has_residual) shortcut = residual();
+    if constexpr (has_residual) {
+        shortcut = residual();
+        if (!shortcut) throw argument_error("conv_batch_norm: the residual is an empty Var");
+        // The add that would refuse it reports the mismatch, as it does unfused.
+        if (shortcut.shape() != out) {
+            const Var<T> sum = bn(conv(x)) + shortcut;
+            return relu ? (*relu)(sum) : sum;
+        }
+    }
     const BatchNormConstants<T> constants{.running_mean = bn.running_mean(),
                                           .running_var = bn.running_var(),
                                           .gamma = &bn.weight(),
@@ -50,7 +89,7 @@ Var<T> conv_batch_norm(Conv2d<T>& conv, BatchNorm2d<T>& bn, const Var<T>& x,
     });
     if (relu && !relu->path().empty())
         tape.name(y, relu->path());
-    else if (!has_residual)
+    else if (!bn_hidden)
         tape.name(y, bn.path());
     return y;
 }

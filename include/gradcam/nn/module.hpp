@@ -34,7 +34,7 @@ class Module {
     // Runs `work` for this module (as a fused op does for the modules it stands for): an error
     // from inside is prefixed with the module's path, unless an inner module's already is.
     template <class Work>
-    Var<T> in_context(Work&& work) const {
+    auto in_context(Work&& work) const -> decltype(work()) {
         try {
             return work();
         } catch (const shape_error& e) {
