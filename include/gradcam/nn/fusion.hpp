@@ -17,9 +17,10 @@
 
 namespace gradcam::detail {
 
-// The layers themselves, not subclasses (whose forward may differ), registered with names the
-// tape can give (name_fused), with a batch norm whose every error the fused op would report
-// under the convolution's name: those run one by one, and the layer at fault names itself.
+// May conv_batch_norm fuse these layers at all? Only the layers themselves, not subclasses
+// (whose forward may differ); only with paths (the tape notes the fused-away values by name);
+// and only a batch norm the fused op would accept, since its refusal would name the
+// convolution. Layers that fail here run one by one, and the one at fault names itself.
 template <class T>
 bool fusable(nn::Conv2d<T>& conv, nn::BatchNorm2d<T>& bn, nn::ReLU<T>* relu) {
     if (typeid(conv) != typeid(nn::Conv2d<T>) || typeid(bn) != typeid(nn::BatchNorm2d<T>) ||
