@@ -45,6 +45,20 @@ std::vector<T> running_inv_std(const Tensor<T>& running_var, T eps) {
     return inv_std;
 }
 
+// The per-channel y = (x - mean_c) * a_c + b_c of a normalisation: a = gamma * inv_std,
+// b = beta (gamma 1 and beta 0 when null).
+template <class T>
+void channel_affine(const Tensor<T>* gamma, const Tensor<T>* beta, const std::vector<T>& inv_std,
+                    std::vector<T>& a, std::vector<T>& b) {
+    a.resize(inv_std.size());
+    b.resize(inv_std.size());
+    for (std::size_t c = 0; c < a.size(); ++c) {
+        const index_t k = static_cast<index_t>(c);
+        a[c] = (gamma ? (*gamma)[k] : T(1)) * inv_std[c];
+        b[c] = beta ? (*beta)[k] : T(0);
+    }
+}
+
 // Normalises x with per-channel `mean` and `inv_std` (1 / sqrt(var + eps)) and records the op.
 // With batch statistics, mean and inv_std are functions of x, which adds two terms to dx.
 //   xhat = (x - mean_c) * inv_std_c,  y = gamma_c * xhat + beta_c = x * a_c + b_c
@@ -56,12 +70,8 @@ Var<T> normalise_channels(const Var<T>& x, const Var<T>& gamma, const Var<T>& be
                           std::vector<T> mean, std::vector<T> inv_std, bool batch_statistics) {
     const index_t batch = x.shape()[0], channels = x.shape()[1];
     const index_t plane = x.shape()[2] * x.shape()[3];
-    std::vector<T> a(inv_std.size()), b(inv_std.size());
-    for (std::size_t c = 0; c < a.size(); ++c) {
-        const index_t k = static_cast<index_t>(c);
-        a[c] = (gamma ? gamma.value()[k] : T(1)) * inv_std[c];
-        b[c] = beta ? beta.value()[k] : T(0);
-    }
+    std::vector<T> a, b;
+    channel_affine(gamma ? &gamma.value() : nullptr, beta ? &beta.value() : nullptr, inv_std, a, b);
     Tensor<T> y = Tensor<T>::uninitialized(x.shape());
     parallel_for(batch * channels, y.size() >= parallel_grain, [&](index_t item, int) {
         const index_t offset = item * plane;

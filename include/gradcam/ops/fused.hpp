@@ -47,13 +47,9 @@ Var<T> conv2d_batch_norm(const Var<T>& x, const Var<T>& weight, const Var<T>& bi
                                          residual.shape(), " but the convolution's output has ",
                                          out_shape));
     const std::vector<T> inv_std = detail::running_inv_std(bn.running_var, bn.eps);
-    std::vector<T> mean(bn.running_mean.begin(), bn.running_mean.end()), a(inv_std.size()),
-        b(inv_std.size());
-    for (std::size_t c = 0; c < a.size(); ++c) {
-        const index_t k = static_cast<index_t>(c);
-        a[c] = (bn.gamma ? (*bn.gamma)[k] : T(1)) * inv_std[c];
-        b[c] = bn.beta ? (*bn.beta)[k] : T(0);
-    }
+    const std::vector<T> mean(bn.running_mean.begin(), bn.running_mean.end());
+    std::vector<T> a, b;
+    detail::channel_affine(bn.gamma, bn.beta, inv_std, a, b);
 
     Tensor<T> y = detail::conv2d_forward(x.value(), weight.value(),
                                          bias ? &bias.value() : nullptr, g, options.groups);
