@@ -46,25 +46,27 @@ void check_conv(const char* what, Shape x, Shape w, bool with_bias, Conv2dOption
     }
 }
 
-// As check_conv, for a geometry that must take the Winograd path, on 400 sampled elements per
-// input (tests/test_ops.cpp compares every element with the direct sum). The loss is linear in
-// each element, so a wide step (1e-3) has no truncation error and divides the rounding of these
-// larger sums less. In float, the transforms' additions round a few times more than the direct
-// sum (5e-6 here against 1e-6).
-void check_winograd_conv(const char* what, Shape x, Shape w, bool with_bias, Conv2dOptions o,
-                         Random& random) {
-    const detail::ConvGeometry g = detail::conv_geometry(x, w, nullptr, o);
-    REQUIRE(detail::winograd_applies(g, w[0]));
-    REQUIRE(!detail::winograd_transposed_applies<double>(g, w[0]));
-    check_conv(what, x, w, with_bias, o, random,
-               {.eps = 1e-3, .forward_tolerance = 2e-5, .sampled_elements = 400});
-}
+// As check_conv, for a geometry that must take the given Winograd path and form, on 400 sampled
+// elements per input (tests/test_ops.cpp compares every element with the direct sum). The loss
+// is linear in each element, so a wide step (1e-3) has no truncation error and divides the
+// rounding of these larger sums less. In float, the transforms round more than the direct sum:
+// F(2x2, 3x3) a few times (5e-6 here against 1e-6), F(4x4, 3x3), whose transforms scale by up to
+// 25 and 64, 10-40 times more again (6e-5 to 2e-4).
+enum class WinogradPath { untransposed, transposed_f2, transposed_f4 };
 
-void check_winograd_transposed_conv(const char* what, Shape x, Shape w, bool with_bias,
-                                    Conv2dOptions o, Random& random) {
-    REQUIRE(detail::winograd_transposed_applies<double>(detail::conv_geometry(x, w, nullptr, o), w[0]));
+void check_winograd_conv(const char* what, Shape x, Shape w, bool with_bias, Conv2dOptions o,
+                         WinogradPath path, Random& random) {
+    const detail::ConvGeometry g = detail::conv_geometry(x, w, nullptr, o);
+    const bool transposed = detail::winograd_transposed_applies<double>(g, w[0]);
+    REQUIRE(transposed == (path != WinogradPath::untransposed));
+    if (!transposed) REQUIRE(detail::winograd_applies(g, w[0]));
+    if (transposed)
+        REQUIRE(detail::winograd_transposed_fits<detail::WinogradF4>(g, w[0]) ==
+                (path == WinogradPath::transposed_f4));
     check_conv(what, x, w, with_bias, o, random,
-               {.eps = 1e-3, .forward_tolerance = 2e-5, .sampled_elements = 400});
+               {.eps = 1e-3,
+                .forward_tolerance = path == WinogradPath::transposed_f2 ? 2e-5 : 5e-4,
+                .sampled_elements = 400});
 }
 
 // conv2d_batch_norm of x by w, with a bias and a residual when asked, after a batch norm whose
@@ -152,37 +154,41 @@ TEST_CASE("gradient: conv2d") {
     SUBCASE("1x1 with stride 2 (through im2col)") {
         check_conv("conv2d 1x1 stride 2", {2, 3, 5, 6}, {4, 3, 1, 1}, true, {.stride = 2}, random);
     }
-    // 3x3 with unit stride, 16+ channels and over 256 tiles of 2x2 outputs: Winograd's F(2x2, 3x3)
-    // both ways (the weight gradient stays on im2col, so it checks the forward independently).
-    // Odd output sizes leave partial tiles at the edges.
-    SUBCASE("Winograd, padding 1, odd output 17x63") {
+    // 3x3 with unit stride and 16+ channels: Winograd both ways (the weight gradient stays on
+    // im2col, so it checks the forward independently). Odd output sizes leave partial tiles at
+    // the edges. Outputs of 28x28 to 64x64 take F(4x4, 3x3) with the products transposed; larger
+    // ones F(4x4, 3x3) untransposed; smaller ones F(2x2, 3x3) transposed.
+    SUBCASE("Winograd untransposed, padding 1, odd output 67x69") {
+        check_winograd_conv("conv2d winograd untransposed", {1, 16, 67, 69}, {16, 16, 3, 3}, true,
+                            {.padding = 1}, WinogradPath::untransposed, random);
+    }
+    SUBCASE("Winograd F(4x4, 3x3) transposed, padding 1, odd output 17x63") {
         check_winograd_conv("conv2d winograd padding 1", {2, 16, 17, 63}, {16, 16, 3, 3}, true,
-                            {.padding = 1}, random);
+                            {.padding = 1}, WinogradPath::transposed_f4, random);
     }
-    SUBCASE("Winograd, no padding") {
+    SUBCASE("Winograd F(4x4, 3x3) transposed, no padding") {
         check_winograd_conv("conv2d winograd padding 0", {1, 16, 20, 66}, {17, 16, 3, 3}, false,
-                            {}, random);
+                            {}, WinogradPath::transposed_f4, random);
     }
-    SUBCASE("Winograd, padding (2, 1)") {
+    SUBCASE("Winograd F(4x4, 3x3) transposed, padding (2, 1)") {
         check_winograd_conv("conv2d winograd padding (2,1)", {1, 18, 15, 63}, {16, 18, 3, 3},
-                            true, {.padding = {2, 1}}, random);
+                            true, {.padding = {2, 1}}, WinogradPath::transposed_f4, random);
     }
     SUBCASE("Winograd forward, padding 3 (the input gradient through col2im)") {
         check_winograd_conv("conv2d winograd padding 3", {1, 16, 13, 59}, {16, 16, 3, 3}, false,
-                            {.padding = 3}, random);
+                            {.padding = 3}, WinogradPath::transposed_f4, random);
     }
-    // Fewer tiles: Winograd with its products transposed (the 14x14 and 7x7 maps of ResNet).
-    SUBCASE("Winograd transposed, padding 1, odd output 7x9") {
-        check_winograd_transposed_conv("conv2d winograd transposed padding 1", {2, 16, 7, 9},
-                                       {17, 16, 3, 3}, true, {.padding = 1}, random);
+    SUBCASE("Winograd F(2x2, 3x3) transposed, padding 1, odd output 7x9") {
+        check_winograd_conv("conv2d winograd transposed padding 1", {2, 16, 7, 9}, {17, 16, 3, 3},
+                            true, {.padding = 1}, WinogradPath::transposed_f2, random);
     }
-    SUBCASE("Winograd transposed, 7x7 output (16 tiles, 8-row register tiles)") {
-        check_winograd_transposed_conv("conv2d winograd transposed 7x7", {1, 16, 7, 7},
-                                       {20, 16, 3, 3}, true, {.padding = 1}, random);
+    SUBCASE("Winograd F(2x2, 3x3) transposed, 7x7 output (16 tiles, 8-row register tiles)") {
+        check_winograd_conv("conv2d winograd transposed 7x7", {1, 16, 7, 7}, {20, 16, 3, 3}, true,
+                            {.padding = 1}, WinogradPath::transposed_f2, random);
     }
-    SUBCASE("Winograd transposed, no padding") {
-        check_winograd_transposed_conv("conv2d winograd transposed padding 0", {1, 18, 10, 12},
-                                       {16, 18, 3, 3}, false, {}, random);
+    SUBCASE("Winograd F(2x2, 3x3) transposed, no padding") {
+        check_winograd_conv("conv2d winograd transposed padding 0", {1, 18, 10, 12},
+                            {16, 18, 3, 3}, false, {}, WinogradPath::transposed_f2, random);
     }
     SUBCASE("non-square kernel") {
         check_conv("conv2d kernel 2x4", {2, 3, 5, 8}, {4, 3, 2, 4}, true,

@@ -120,11 +120,11 @@ DirectConv direct_conv2d(const Tensor<double>& x, const Tensor<double>& w, const
     return out;
 }
 
-TEST_CASE("ops: conv2d by Winograd F(2x2, 3x3) equals the direct sum, forward and backward") {
+TEST_CASE("ops: conv2d by Winograd F(4x4, 3x3), untransposed, equals the direct sum, forward and backward") {
     Random random(78);
-    // More than winograd_transposed_max_tiles tiles of 2x2 outputs, for the untransposed products.
-    for (const auto& [h, w, pad] : {std::tuple<index_t, index_t, Size2>{34, 34, 1}, {17, 63, 1},
-                                    {20, 66, 0}, {15, 63, {2, 1}}, {13, 59, 3}}) {
+    // More than winograd_transposed_max_tiles tiles of 4x4 outputs, for the untransposed products.
+    for (const auto& [h, w, pad] : {std::tuple<index_t, index_t, Size2>{66, 70, 1}, {67, 63, 1},
+                                    {70, 69, 0}, {65, 71, {2, 1}}, {63, 61, 3}}) {
         INFO("input " << h << "x" << w << ", padding " << pad.h << "x" << pad.w);
         Tensor<double> x(Shape{1, 20, h, w}), kernels(Shape{24, 20, 3, 3});
         for (double& v : x) v = random.normal();
@@ -149,15 +149,16 @@ TEST_CASE("ops: conv2d by Winograd F(2x2, 3x3) equals the direct sum, forward an
                            float_tape.constant(kernels.cast<float>()), {.padding = pad})
                         .value()
                         .cast<double>(),
-                    expected.y, 1e-5, "float");
+                    expected.y, 2e-5, "float");
     }
 }
 
 TEST_CASE("ops: conv2d's four lowerings equal the direct sum, forward and back, and follow changes to the weights") {
     Random random(91);
-    // The product transposed with the weights packed once, the product as it is, Winograd's, and
-    // Winograd's with its 16 products transposed and its kernels packed once (small outputs).
-    enum class Lowering { pixel_major, channel_major, winograd, winograd_transposed };
+    // The product transposed with the weights packed once, the product as it is, Winograd's
+    // F(4x4, 3x3), and Winograd's with its products transposed and its kernels packed once, in
+    // either form (F(2x2, 3x3) on small outputs).
+    enum class Lowering { pixel_major, channel_major, winograd, winograd_transposed_f2, winograd_transposed_f4 };
     struct Case {
         Shape x, w;
         Conv2dOptions options;
@@ -171,11 +172,14 @@ TEST_CASE("ops: conv2d's four lowerings equal the direct sum, forward and back, 
         {Shape{1, 4, 20, 23}, Shape{10, 2, 3, 2}, {.padding = {1, 2}, .dilation = 2, .groups = 2}, Lowering::channel_major},
         {Shape{2, 3, 40, 36}, Shape{20, 3, 5, 5}, {.stride = 2, .padding = 2}, Lowering::channel_major},
         {Shape{1, 8, 33, 33}, Shape{12, 8, 1, 1}, {}, Lowering::channel_major},
-        {Shape{1, 16, 34, 34}, Shape{20, 16, 3, 3}, {.padding = 1}, Lowering::winograd},
+        {Shape{1, 16, 66, 67}, Shape{20, 16, 3, 3}, {.padding = 1}, Lowering::winograd},
+        // 81 tiles of 4x4 outputs, then 56 (and 64 for the input gradient).
+        {Shape{1, 16, 34, 34}, Shape{20, 16, 3, 3}, {.padding = 1}, Lowering::winograd_transposed_f4},
+        {Shape{2, 20, 29, 31}, Shape{18, 20, 3, 3}, {}, Lowering::winograd_transposed_f4},
         // 16 tiles (8-row register tiles), then 25 for the input gradient and 36 (7-row ones).
-        {Shape{1, 24, 7, 7}, Shape{70, 24, 3, 3}, {.padding = 1}, Lowering::winograd_transposed},
-        {Shape{2, 20, 10, 9}, Shape{33, 20, 3, 3}, {}, Lowering::winograd_transposed},
-        {Shape{1, 16, 9, 12}, Shape{16, 16, 3, 3}, {.padding = {2, 1}}, Lowering::winograd_transposed},
+        {Shape{1, 24, 7, 7}, Shape{70, 24, 3, 3}, {.padding = 1}, Lowering::winograd_transposed_f2},
+        {Shape{2, 20, 10, 9}, Shape{33, 20, 3, 3}, {}, Lowering::winograd_transposed_f2},
+        {Shape{1, 16, 9, 12}, Shape{16, 16, 3, 3}, {.padding = {2, 1}}, Lowering::winograd_transposed_f2},
     };
     for (const Case& c : cases) {
         INFO("input " << c.x << ", weight " << c.w);
@@ -186,7 +190,11 @@ TEST_CASE("ops: conv2d's four lowerings equal the direct sum, forward and back, 
         const detail::ConvGeometry g = detail::conv_geometry(x.shape(), w.shape(), nullptr, c.options);
         const bool winograd_transposed = c.options.groups == 1 &&
                                          detail::winograd_transposed_applies<double>(g, c.w[0]);
-        REQUIRE(winograd_transposed == (c.lowering == Lowering::winograd_transposed));
+        REQUIRE(winograd_transposed == (c.lowering == Lowering::winograd_transposed_f2 ||
+                                        c.lowering == Lowering::winograd_transposed_f4));
+        if (winograd_transposed)
+            REQUIRE(detail::winograd_transposed_fits<detail::WinogradF4>(g, c.w[0]) ==
+                    (c.lowering == Lowering::winograd_transposed_f4));
         const bool winograd = !winograd_transposed && detail::winograd_applies(g, c.w[0]);
         REQUIRE(winograd == (c.lowering == Lowering::winograd));
         if (!winograd && !winograd_transposed)
@@ -450,7 +458,7 @@ TEST_CASE("ops: one thread and two threads give the same results") {
     Random random(77);
     for (const index_t batch : {4, 1}) {
         INFO("batch " << batch);
-        Tensor<double> x(Shape{batch, 16, 40, 40}), w(Shape{16, 16, 3, 3});  // Winograd-sized
+        Tensor<double> x(Shape{batch, 16, 66, 66}), w(Shape{16, 16, 3, 3});  // untransposed Winograd
         for (double& v : x) v = random.normal();
         for (double& v : w) v = random.normal();
         auto run = [&](int threads) {

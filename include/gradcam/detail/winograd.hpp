@@ -1,12 +1,15 @@
-// 3x3 convolution with unit stride by Winograd's minimal filtering F(2x2, 3x3) (Lavin and Gray,
-// "Fast Algorithms for Convolutional Neural Networks", CVPR 2016). Each 2x2 block of outputs
-// comes from the 4x4 input tile d under it:
+// 3x3 convolution with unit stride by Winograd's minimal filtering F(m x m, 3x3) (Lavin and
+// Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016). Each m x m block of
+// outputs comes from the (m + 2) x (m + 2) input tile d under it:
 //     Y = A^T [ (G g G^T) ⊙ (B^T d B) ] A,
-// 16 multiplications where the direct form needs 36. Summed over input channels, the
-// elementwise product becomes 16 independent matrix products, one per tile position e:
+// (m + 2)^2 multiplications where the direct form needs 9 m^2. Summed over input channels, the
+// elementwise product becomes (m + 2)^2 independent matrix products, one per tile position e:
 //     M_e[k, tile] = sum_c U_e[k, c] V_e[c, tile],   U = G g G^T,  V = B^T d B,
-// which detail::gemm computes; the transforms themselves are additions and halvings only, so
-// the result differs from the direct sum by rounding alone.
+// which detail::gemm computes. Two forms: F(2x2, 3x3), 16 products for 4 outputs (2.25 times
+// fewer multiplications), whose transforms are additions and halvings, so that it differs from
+// the direct sum by rounding alone; and F(4x4, 3x3), 36 for 16 (4 times fewer), whose
+// transforms scale by up to 8 and 1/24 and round a few times more (in float, about 1e-6 of the
+// output's scale against 3e-7).
 #pragma once
 
 #include <algorithm>
@@ -17,6 +20,79 @@
 #include "gradcam/detail/parallel.hpp"
 
 namespace gradcam::detail {
+
+// The forms, each as its three one-dimensional transforms: the two-dimensional ones apply them
+// along rows, then along columns. Each reads its inputs as in(i) and writes its outputs by
+// out(i, value), so that one formula serves a tile's values wherever they lie.
+
+// F(2x2, 3x3), interpolation points 0, 1, -1 and infinity:
+//   G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1],
+//   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],   A^T = [1 1 1 0; 0 1 -1 -1].
+struct WinogradF2 {
+    static constexpr index_t m = 2, t = 4, positions = t * t;
+
+    template <class T, class In, class Out>
+    static void kernel(In g, Out u) {  // u = G g
+        const T g0 = g(0), g1 = g(1), g2 = g(2);
+        u(0, g0);
+        u(1, T(0.5) * (g0 + g1 + g2));
+        u(2, T(0.5) * (g0 - g1 + g2));
+        u(3, g2);
+    }
+    template <class T, class In, class Out>
+    static void input(In d, Out v) {  // v = B^T d
+        const T d0 = d(0), d1 = d(1), d2 = d(2), d3 = d(3);
+        v(0, d0 - d2);
+        v(1, d1 + d2);
+        v(2, d2 - d1);
+        v(3, d1 - d3);
+    }
+    template <class T, class In, class Out>
+    static void output(In s, Out y) {  // y = A^T s
+        const T s0 = s(0), s1 = s(1), s2 = s(2), s3 = s(3);
+        y(0, s0 + s1 + s2);
+        y(1, s1 - s2 - s3);
+    }
+};
+
+// F(4x4, 3x3), points 0, 1, -1, 2, -2 and infinity:
+//   G = [1/4 0 0; -1/6 -1/6 -1/6; -1/6 1/6 -1/6; 1/24 1/12 1/6; 1/24 -1/12 1/6; 0 0 1],
+//   B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0; 0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1],
+//   A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1].
+struct WinogradF4 {
+    static constexpr index_t m = 4, t = 6, positions = t * t;
+
+    template <class T, class In, class Out>
+    static void kernel(In g, Out u) {
+        const T g0 = g(0), g1 = g(1), g2 = g(2);
+        const T outer = g0 + g2;
+        u(0, g0 / T(4));
+        u(1, -(outer + g1) / T(6));
+        u(2, -(outer - g1) / T(6));
+        u(3, (g0 / T(4) + g1 / T(2) + g2) / T(6));
+        u(4, (g0 / T(4) - g1 / T(2) + g2) / T(6));
+        u(5, g2);
+    }
+    template <class T, class In, class Out>
+    static void input(In d, Out v) {
+        const T d0 = d(0), d1 = d(1), d2 = d(2), d3 = d(3), d4 = d(4), d5 = d(5);
+        v(0, T(4) * d0 - T(5) * d2 + d4);
+        v(1, d3 + d4 - T(4) * (d1 + d2));
+        v(2, d4 - d3 + T(4) * (d1 - d2));
+        v(3, d4 - d2 + T(2) * (d3 - d1));
+        v(4, d4 - d2 - T(2) * (d3 - d1));
+        v(5, T(4) * d1 - T(5) * d3 + d5);
+    }
+    template <class T, class In, class Out>
+    static void output(In s, Out y) {
+        const T s0 = s(0), s1 = s(1), s2 = s(2), s3 = s(3), s4 = s(4), s5 = s(5);
+        const T even = s1 + s2, odd = s1 - s2, even_far = s3 + s4, odd_far = s3 - s4;
+        y(0, s0 + even + even_far);
+        y(1, odd + T(2) * odd_far);
+        y(2, even + T(4) * even_far);
+        y(3, odd + T(8) * odd_far + s5);
+    }
+};
 
 // Below these channel counts the products are too thin for the transforms to pay off; below
 // this many tiles, products U_e V_e as they stand are too narrow and the transformed kernels
@@ -35,9 +111,14 @@ inline bool winograd_kernel_fits(const ConvGeometry& g, index_t out_channels) {
            out_channels >= winograd_min_channels;
 }
 
-// The 2x2 output tiles that cover the output.
-inline index_t winograd_tiles(const ConvGeometry& g) {
-    return ((g.out_h + 1) / 2) * ((g.out_w + 1) / 2);
+// The m x m output tiles of Form that cover the output, along a row and in all.
+template <class Form>
+index_t winograd_tiles_w(const ConvGeometry& g) {
+    return (g.out_w + Form::m - 1) / Form::m;
+}
+template <class Form = WinogradF2>
+index_t winograd_tiles(const ConvGeometry& g) {
+    return (g.out_h + Form::m - 1) / Form::m * winograd_tiles_w<Form>(g);
 }
 
 inline bool winograd_applies(const ConvGeometry& g, index_t out_channels) {
@@ -61,105 +142,90 @@ inline ConvGeometry winograd_adjoint(const ConvGeometry& g, index_t out_channels
     return adjoint;
 }
 
-// U = G g G^T for one 3x3 kernel g (row-major), written to u[0], u[stride], ... u[15 * stride].
-//   G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
-template <class T>
-void winograd_kernel(const T (&g)[3][3], T* u, index_t stride) {
-    T gg[4][3];  // G g
-    for (int j = 0; j < 3; ++j) {
-        gg[0][j] = g[0][j];
-        gg[1][j] = T(0.5) * (g[0][j] + g[1][j] + g[2][j]);
-        gg[2][j] = T(0.5) * (g[0][j] - g[1][j] + g[2][j]);
-        gg[3][j] = g[2][j];
-    }
-    for (int i = 0; i < 4; ++i) {  // (G g) G^T
-        u[(i * 4 + 0) * stride] = gg[i][0];
-        u[(i * 4 + 1) * stride] = T(0.5) * (gg[i][0] + gg[i][1] + gg[i][2]);
-        u[(i * 4 + 2) * stride] = T(0.5) * (gg[i][0] - gg[i][1] + gg[i][2]);
-        u[(i * 4 + 3) * stride] = gg[i][2];
-    }
-}
-
 // The transformed kernels U[e][k][c] of weights w[k][c][3][3] (K x C), or with `adjoint`, those
 // of the convolution that maps output gradients back to the input: U[e][c][k] from the kernel
-// w[k][c] rotated by 180 degrees.
-template <class T>
+// w[k][c] rotated by 180 degrees. A row r of U_e (k, or c with `adjoint`) at a time: its 3x3
+// kernels' taps are gathered into nine rows first, so that both passes of the transform run
+// along whole rows and vectorise.
+template <class Form, class T>
 void winograd_kernels(const T* w, index_t out_channels, index_t channels, bool adjoint, T* u) {
+    constexpr index_t t = Form::t;
     const index_t count = out_channels * channels;
-    parallel_for(out_channels, count >= 4096, [&](index_t k, int) {
-        for (index_t c = 0; c < channels; ++c) {
+    const index_t rows = adjoint ? channels : out_channels, cols = adjoint ? out_channels : channels;
+    parallel_for(rows, count >= 4096, [&](index_t r, int) {
+        std::vector<T> buffer((9 + 3 * t) * cols);
+        T* taps = buffer.data();           // taps[i * 3 + j][q]: g[i][j] of U's column q
+        T* gg = buffer.data() + 9 * cols;  // G g, by rows i * 3 + j
+        for (index_t q = 0; q < cols; ++q) {
+            const index_t k = adjoint ? q : r, c = adjoint ? r : q;
             const T* src = w + (k * channels + c) * 9;
-            T g[3][3];
-            for (int i = 0; i < 3; ++i)
-                for (int j = 0; j < 3; ++j)
-                    g[i][j] = adjoint ? src[(2 - i) * 3 + (2 - j)] : src[i * 3 + j];
-            winograd_kernel(g, u + (adjoint ? c * out_channels + k : k * channels + c), count);
+            for (int tap = 0; tap < 9; ++tap) taps[tap * cols + q] = src[adjoint ? 8 - tap : tap];
         }
+        for (int j = 0; j < 3; ++j)
+            for (index_t q = 0; q < cols; ++q)
+                Form::template kernel<T>([&](index_t i) { return taps[(i * 3 + j) * cols + q]; },
+                                         [&](index_t i, T value) { gg[(i * 3 + j) * cols + q] = value; });
+        T* out = u + r * cols;
+        for (index_t i = 0; i < t; ++i)  // (G g) G^T
+            for (index_t q = 0; q < cols; ++q)
+                Form::template kernel<T>([&](index_t j) { return gg[(i * 3 + j) * cols + q]; },
+                                         [&](index_t j, T value) { out[(i * t + j) * count + q] = value; });
     });
 }
 
 // Tile rows per block of the convolution: about 2^20 values of V and M (they stay in cache
 // between the transforms and the products), but at least 256 tiles (or the whole image), over
 // which the products share each packing of the kernels. Wide layers take more for that: 512 in
-// and out channels at 28x28 hold 16 * 1024 * 196 values (13 MB of float).
-inline index_t winograd_tile_rows(const ConvGeometry& g, index_t out_channels) {
-    const index_t tiles_h = (g.out_h + 1) / 2, tiles_w = (g.out_w + 1) / 2;
-    const index_t per_row = 16 * (g.channels + out_channels) * tiles_w;
+// and out channels at 28x28 hold 16 * 1024 * 196 values (13 MB of float) with F(2x2, 3x3).
+template <class Form>
+index_t winograd_tile_rows(const ConvGeometry& g, index_t out_channels) {
+    const index_t tiles_h = (g.out_h + Form::m - 1) / Form::m, tiles_w = winograd_tiles_w<Form>(g);
+    const index_t per_row = Form::positions * (g.channels + out_channels) * tiles_w;
     const index_t min_rows = (256 + tiles_w - 1) / tiles_w;
     return std::clamp<index_t>(std::max((index_t(1) << 20) / per_row, min_rows), 1, tiles_h);
 }
 
-inline index_t winograd_scratch_size(const ConvGeometry& g, index_t out_channels) {
-    return 16 * (g.channels + out_channels) * winograd_tile_rows(g, out_channels) *
-           ((g.out_w + 1) / 2);
+template <class Form>
+index_t winograd_scratch_size(const ConvGeometry& g, index_t out_channels) {
+    return Form::positions * (g.channels + out_channels) *
+           winograd_tile_rows<Form>(g, out_channels) * winograd_tiles_w<Form>(g);
 }
 
-// V[e][c][tile] = B^T d B for the tiles of tile rows [ty0, ty1) of the g.channels planes x,
-// with B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], zero outside the input. A row of tiles at
-// a time, so the loops run along whole rows and vectorise: first B^T combines the tile row's
-// four input rows, then B their columns, two apart per tile.
-template <class T>
+// V[e][c][tile] = B^T d B for the tiles of tile rows [ty0, ty1) of the g.channels planes x, zero
+// outside the input. A row of tiles at a time, so the loops run along whole rows and vectorise:
+// first B^T combines the tile row's t input rows, then B their columns, m apart per tile.
+template <class Form, class T>
 void winograd_input_transform(const T* x, const ConvGeometry& g, index_t ty0, index_t ty1, T* v,
                               bool parallel) {
-    const index_t C = g.channels, tiles_w = (g.out_w + 1) / 2, tiles = (ty1 - ty0) * tiles_w;
+    constexpr index_t m = Form::m, t = Form::t;
+    const index_t C = g.channels, tiles_w = winograd_tiles_w<Form>(g), tiles = (ty1 - ty0) * tiles_w;
     parallel_for(C, parallel, [&](index_t c, int) {
-        const index_t span = 2 * tiles_w + 2;  // input columns -pad_w .. under the tile row
-        std::vector<T> buffer(8 * span);
-        T* d = buffer.data();             // the four input rows, zero-padded
-        T* t = buffer.data() + 4 * span;  // B^T d
+        const index_t span = m * tiles_w + 2;  // input columns -pad_w .. under the tile row
+        std::vector<T> buffer(2 * t * span);
+        T* d = buffer.data();             // the t input rows, zero-padded
+        T* bd = buffer.data() + t * span;  // B^T d
         const T* plane = x + c * g.height * g.width;
         // The input's columns go to [pad_w, width + pad_w) of a row buffer (they fit: span >=
         // out_w + 2 = width + 2 pad_w).
         for (index_t ty = ty0; ty < ty1; ++ty) {
-            for (int a = 0; a < 4; ++a) {
+            for (index_t a = 0; a < t; ++a) {
                 T* row = d + a * span;
-                const index_t ih = 2 * ty - g.pad_h + a;
+                const index_t ih = m * ty - g.pad_h + a;
                 std::fill_n(row, span, T(0));
                 if (ih >= 0 && ih < g.height)
                     std::copy_n(plane + ih * g.width, g.width, row + g.pad_w);
             }
-            for (index_t j = 0; j < span; ++j) {
-                t[j] = d[j] - d[2 * span + j];
-                t[span + j] = d[span + j] + d[2 * span + j];
-                t[2 * span + j] = d[2 * span + j] - d[span + j];
-                t[3 * span + j] = d[span + j] - d[3 * span + j];
-            }
+            for (index_t j = 0; j < span; ++j)
+                Form::template input<T>([&](index_t a) { return d[a * span + j]; },
+                                        [&](index_t a, T value) { bd[a * span + j] = value; });
             T* out = v + c * tiles + (ty - ty0) * tiles_w;
             const index_t e_stride = C * tiles;
-            for (int a = 0; a < 4; ++a) {
-                const T* ta = t + a * span;
-                T* v0 = out + (a * 4 + 0) * e_stride;
-                T* v1 = out + (a * 4 + 1) * e_stride;
-                T* v2 = out + (a * 4 + 2) * e_stride;
-                T* v3 = out + (a * 4 + 3) * e_stride;
-                for (index_t tx = 0; tx < tiles_w; ++tx) {
-                    const T t0 = ta[2 * tx], t1 = ta[2 * tx + 1], t2 = ta[2 * tx + 2],
-                            t3 = ta[2 * tx + 3];
-                    v0[tx] = t0 - t2;
-                    v1[tx] = t1 + t2;
-                    v2[tx] = t2 - t1;
-                    v3[tx] = t1 - t3;
-                }
+            for (index_t a = 0; a < t; ++a) {
+                const T* row = bd + a * span;
+                T* va = out + a * t * e_stride;
+                for (index_t tx = 0; tx < tiles_w; ++tx)
+                    Form::template input<T>([&](index_t b) { return row[m * tx + b]; },
+                                            [&](index_t b, T value) { va[b * e_stride + tx] = value; });
             }
         }
     });
@@ -170,56 +236,47 @@ void winograd_input_transform(const T* x, const ConvGeometry& g, index_t ty0, in
 // made. `scratch` holds winograd_scratch_size(...) values. The transforms' small row buffers
 // are vectors of their own, not thread_scratch: the calling thread, which is also the first of
 // the team, already holds its scratch buffer.
-
-template <class T>
+template <class Form, class T>
 void winograd_conv3x3(const T* x, const ConvGeometry& g, const T* u, index_t out_channels, T* y,
                       bool accumulate, T* scratch) {
+    constexpr index_t m = Form::m, t = Form::t, positions = Form::positions;
     const index_t C = g.channels, K = out_channels;
-    const index_t tiles_h = (g.out_h + 1) / 2, tiles_w = (g.out_w + 1) / 2;
-    const index_t rows_per_block = winograd_tile_rows(g, K);
+    const index_t tiles_h = (g.out_h + m - 1) / m, tiles_w = winograd_tiles_w<Form>(g);
+    const index_t rows_per_block = winograd_tile_rows<Form>(g, K);
     for (index_t ty0 = 0; ty0 < tiles_h; ty0 += rows_per_block) {
         const index_t ty1 = std::min(tiles_h, ty0 + rows_per_block), tiles = (ty1 - ty0) * tiles_w;
-        T* v = scratch;                   // V[e][c][tile]
-        T* m = scratch + 16 * C * tiles;  // M[e][k][tile]
+        T* v = scratch;                                // V[e][c][tile]
+        T* products = scratch + positions * C * tiles;  // M[e][k][tile]
         const bool parallel = C * tiles >= parallel_grain / 16;
 
-        winograd_input_transform(x, g, ty0, ty1, v, parallel);
+        winograd_input_transform<Form>(x, g, ty0, ty1, v, parallel);
 
-        // M_e = U_e V_e: 16 products on separate threads, or one after another, each threaded.
-        parallel_for(16, parallel, [&](index_t e, int) {
-            gemm(view(u + e * K * C, K, C), view(v + e * C * tiles, C, tiles), m + e * K * tiles,
-                 tiles, false, !parallel);
+        // M_e = U_e V_e: the products on separate threads, or one after another, each threaded.
+        parallel_for(positions, parallel, [&](index_t e, int) {
+            gemm(view(u + e * K * C, K, C), view(v + e * C * tiles, C, tiles),
+                 products + e * K * tiles, tiles, false, !parallel);
         });
 
-        // Y = A^T M A with A^T = [1 1 1 0; 0 1 -1 -1], cut to the output's edge; a row of
-        // tiles at a time, as above.
+        // Y = A^T M A, cut to the output's edge; a row of tiles at a time, as above.
         parallel_for(K, parallel, [&](index_t k, int) {
-            std::vector<T> buffer(10 * tiles_w);
-            T* s = buffer.data();                   // A^T M: two rows of 4 values per tile
-            T* rows = buffer.data() + 8 * tiles_w;  // the two output rows
+            std::vector<T> buffer((m * t + m) * tiles_w);
+            T* s = buffer.data();                       // A^T M: m rows of t values per tile
+            T* row = buffer.data() + m * t * tiles_w;  // one output row
             T* plane = y + k * g.out_h * g.out_w;
             const index_t e_stride = K * tiles;
             for (index_t ty = ty0; ty < ty1; ++ty) {
-                const T* mk = m + k * tiles + (ty - ty0) * tiles_w;
-                for (int b = 0; b < 4; ++b) {
-                    const T *m0 = mk + b * e_stride, *m1 = mk + (4 + b) * e_stride,
-                            *m2 = mk + (8 + b) * e_stride, *m3 = mk + (12 + b) * e_stride;
-                    T *s0 = s + b * tiles_w, *s1 = s + (4 + b) * tiles_w;
-                    for (index_t tx = 0; tx < tiles_w; ++tx) {
-                        s0[tx] = m0[tx] + m1[tx] + m2[tx];
-                        s1[tx] = m1[tx] - m2[tx] - m3[tx];
-                    }
-                }
-                for (int a = 0; a < 2 && 2 * ty + a < g.out_h; ++a) {
-                    const T* sa = s + a * 4 * tiles_w;
-                    T* row = rows;
-                    for (index_t tx = 0; tx < tiles_w; ++tx) {
-                        const T s0 = sa[tx], s1 = sa[tiles_w + tx], s2 = sa[2 * tiles_w + tx],
-                                s3 = sa[3 * tiles_w + tx];
-                        row[2 * tx] = s0 + s1 + s2;
-                        row[2 * tx + 1] = s1 - s2 - s3;
-                    }
-                    T* out = plane + (2 * ty + a) * g.out_w;
+                const T* mk = products + k * tiles + (ty - ty0) * tiles_w;
+                for (index_t b = 0; b < t; ++b)
+                    for (index_t tx = 0; tx < tiles_w; ++tx)
+                        Form::template output<T>(
+                            [&](index_t a) { return mk[(a * t + b) * e_stride + tx]; },
+                            [&](index_t i, T value) { s[(i * t + b) * tiles_w + tx] = value; });
+                for (index_t i = 0; i < m && m * ty + i < g.out_h; ++i) {
+                    const T* si = s + i * t * tiles_w;
+                    for (index_t tx = 0; tx < tiles_w; ++tx)
+                        Form::template output<T>([&](index_t b) { return si[b * tiles_w + tx]; },
+                                                 [&](index_t j, T value) { row[m * tx + j] = value; });
+                    T* out = plane + (m * ty + i) * g.out_w;
                     if (accumulate)
                         for (index_t ow = 0; ow < g.out_w; ++ow) out[ow] += row[ow];
                     else
@@ -231,48 +288,55 @@ void winograd_conv3x3(const T* x, const ConvGeometry& g, const T* u, index_t out
 }
 
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
-// The same convolution for small outputs (28x28 maps and below: 196 tiles or fewer), where
-// U_e V_e would be as narrow as 49 or 16 columns. The products run transposed, as conv_pixel_major's do, tiles down and output
-// channels across: M_e^T (tiles x K) = V_e^T U_e^T, with each U_e^T packed once (`u_t`, for
-// Kernel). The output transform then runs along the channels of a tile, into Y^T, which is
-// transposed back. The whole image at once; the 16 products on separate threads.
-template <class Kernel, class T>
+// The same convolution for small outputs (28x28 maps and below), where U_e V_e would be as
+// narrow as 49 or 16 columns. The products run transposed, as conv_pixel_major's do, tiles down
+// and output channels across: M_e^T (tiles x K) = V_e^T U_e^T, with each U_e^T packed once
+// (`u_t`, for Kernel). The output transform then runs along the channels of a tile, into Y^T,
+// which is transposed back. The whole image at once; the products on separate threads.
+template <class Form, class Kernel, class T>
 void winograd_conv3x3_transposed(const T* x, const ConvGeometry& g,
                                  const std::vector<typename Kernel::PackedRight>& u_t,
                                  index_t out_channels, T* y, bool accumulate) {
+    constexpr index_t m = Form::m, t = Form::t, positions = Form::positions;
     const index_t C = g.channels, K = out_channels;
-    const index_t tiles_h = (g.out_h + 1) / 2, tiles_w = (g.out_w + 1) / 2, tiles = tiles_h * tiles_w;
+    const index_t tiles_w = winograd_tiles_w<Form>(g), tiles = winograd_tiles<Form>(g);
     const index_t ld = padded_stride<T>(K);  // of M^T's and Y^T's rows
-    T* v = thread_scratch<T>(16 * C * tiles + 16 * tiles * ld);  // V[e][c][tile]
-    T* m = v + 16 * C * tiles;                                   // M^T[e][tile][k]
-    T* y_t = thread_scratch<T, 3>(g.out_h * g.out_w * ld);       // Y^T[pixel][k]
-    winograd_input_transform(x, g, 0, tiles_h, v, true);
+    T* v = thread_scratch<T>(positions * (C + ld) * tiles);  // V[e][c][tile]
+    T* products = v + positions * C * tiles;                 // M^T[e][tile][k]
+    T* y_t = thread_scratch<T, 3>(g.out_h * g.out_w * ld);   // Y^T[pixel][k]
+    winograd_input_transform<Form>(x, g, 0, (g.out_h + m - 1) / m, v, true);
 
     const MatrixView<T> u_shape{nullptr, C, K, 1, C};
-    parallel_for(16, true, [&](index_t e, int) {
+    parallel_for(positions, true, [&](index_t e, int) {
         gemm_parts<Kernel>(view(v + e * C * tiles, C, tiles).transposed(), u_shape,
-                           &u_t[static_cast<std::size_t>(e)], m + e * tiles * ld, ld, false, false);
+                           &u_t[static_cast<std::size_t>(e)], products + e * tiles * ld, ld, false,
+                           false);
     });
 
-    // Y = A^T M A with A^T = [1 1 1 0; 0 1 -1 -1], cut to the output's edge; per tile, along K.
+    // Y = A^T M A, cut to the output's edge; per tile, along K, a block of channels at a time.
     const index_t e_stride = tiles * ld;
     parallel_for(tiles, true, [&](index_t tile, int) {
+        constexpr index_t block = 32;
+        T s[m * t][block];  // A^T M
+        T out[m * m][block];
         const index_t ty = tile / tiles_w, tx = tile % tiles_w;
-        const T* mt = m + tile * ld;
-        for (int a = 0; a < 2 && 2 * ty + a < g.out_h; ++a) {
-            T* left = y_t + ((2 * ty + a) * g.out_w + 2 * tx) * ld;
-            T* right = left + ld;
-            const bool has_right = 2 * tx + 1 < g.out_w;
-            for (index_t k = 0; k < K; ++k) {
-                T s[4];  // row a of A^T M
-                for (int b = 0; b < 4; ++b) {
-                    const T m0 = mt[b * e_stride + k], m1 = mt[(4 + b) * e_stride + k],
-                            m2 = mt[(8 + b) * e_stride + k], m3 = mt[(12 + b) * e_stride + k];
-                    s[b] = a == 0 ? m0 + m1 + m2 : m1 - m2 - m3;
-                }
-                left[k] = s[0] + s[1] + s[2];
-                if (has_right) right[k] = s[1] - s[2] - s[3];
-            }
+        const index_t rows = std::min(m, g.out_h - m * ty), cols = std::min(m, g.out_w - m * tx);
+        const T* mt = products + tile * ld;
+        for (index_t k0 = 0; k0 < K; k0 += block) {
+            const index_t n = std::min(block, K - k0);
+            for (index_t b = 0; b < t; ++b)
+                for (index_t k = 0; k < n; ++k)
+                    Form::template output<T>(
+                        [&](index_t a) { return mt[(a * t + b) * e_stride + k0 + k]; },
+                        [&](index_t i, T value) { s[i * t + b][k] = value; });
+            for (index_t i = 0; i < rows; ++i)
+                for (index_t k = 0; k < n; ++k)
+                    Form::template output<T>([&](index_t b) { return s[i * t + b][k]; },
+                                             [&](index_t j, T value) { out[i * m + j][k] = value; });
+            for (index_t i = 0; i < rows; ++i)
+                for (index_t j = 0; j < cols; ++j)
+                    std::copy_n(out[i * m + j], n,
+                                y_t + ((m * ty + i) * g.out_w + m * tx + j) * ld + k0);
         }
     });
     transpose_into(y_t, g.out_h * g.out_w, K, ld, y, accumulate);

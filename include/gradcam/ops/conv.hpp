@@ -1,6 +1,6 @@
 // 2-d convolution (cross-correlation, as in PyTorch) with stride, zero padding, dilation,
 // groups and an optional bias, lowered to one GEMM per image and group through im2col, or for
-// 3x3 kernels with unit stride, to Winograd's F(2x2, 3x3) (detail/winograd.hpp).
+// 3x3 kernels with unit stride, to Winograd's F(2x2, 3x3) or F(4x4, 3x3) (detail/winograd.hpp).
 #pragma once
 
 #include <algorithm>
@@ -69,20 +69,6 @@ inline ConvGeometry conv_geometry(const Shape& x, const Shape& w, const Shape* b
     return g;
 }
 
-// Winograd's transformed kernels of a 3x3 weight [out, in, 3, 3] (with `adjoint`, those of
-// the input gradient's convolution), kept with the weights when `keep`, else made for this call.
-template <class T>
-std::shared_ptr<const Tensor<T>> winograd_kernels_of(const Tensor<T>& weight, bool adjoint, bool keep) {
-    const auto make = [adjoint](const Tensor<T>& w) {
-        const index_t out = w.dim(0), in = w.dim(1);
-        Tensor<T> u = Tensor<T>::uninitialized(adjoint ? Shape{16, in, out} : Shape{16, out, in});
-        winograd_kernels(w.data(), out, in, adjoint, u.data());
-        return u;
-    };
-    if (!keep) return std::make_shared<const Tensor<T>>(make(weight));
-    return weight.template derived<Tensor<T>>(adjoint, make);
-}
-
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
 // Small outputs (the 7x7 to 28x28 maps deep in a network) are computed transposed, pixels down
 // and output channels across: Y^T = im2col(X)^T W^T. The register tile then spans output
@@ -122,74 +108,6 @@ std::shared_ptr<const PackedConvWeights<T>> packed_conv_weights(const Tensor<T>&
             return packed;
         });
 }
-
-// Outputs of up to 256 tiles (16x16 to 32x32 maps) with kernels small enough to keep packed:
-// ResNet's 28x28 and 14x14 layers. Measured per layer on ResNet-50, against the best other
-// lowering: 28x28 with 128 channels 0.98 -> 0.77 ms (against Winograd untransposed), 14x14 with
-// 256 channels 1.24 -> 0.64 ms (against the transposed direct product); at 56x56 with 64
-// channels (784 tiles) the untransposed Winograd stays faster, 1.03 against 1.12 ms.
-inline constexpr index_t winograd_transposed_max_tiles = 256;
-// Outputs of up to 16 tiles (7x7 maps) keep kernels four times larger: ResNet's 512-channel
-// layer4, 1.36 -> 0.95 ms per layer, for 16 MiB kept per layer (VGG has no such layer; its
-// 14x14 ones stay under the smaller limit, for its Grad-CAM's memory).
-inline constexpr index_t winograd_transposed_small_tiles = 16;
-
-template <class T>
-bool winograd_transposed_applies(const ConvGeometry& g, index_t out_channels) {
-    const index_t tiles = winograd_tiles(g);
-    const index_t kept_max =
-        (tiles <= winograd_transposed_small_tiles ? 4 : 1) * winograd_kept_kernels_max;
-    return (std::is_same_v<T, float> || std::is_same_v<T, double>) &&
-           winograd_kernel_fits(g, out_channels) && tiles <= winograd_transposed_max_tiles &&
-           16 * g.channels * out_channels <= kept_max;
-}
-
-// Winograd's transformed kernels with each position's U_e^T packed for Kernel (with `adjoint`,
-// those of the input gradient's convolution), for winograd_conv3x3_transposed.
-template <class Kernel>
-struct PackedWinogradKernels {
-    std::vector<typename Kernel::PackedRight> positions;
-};
-
-template <class Kernel, class T>
-std::shared_ptr<const PackedWinogradKernels<Kernel>> packed_winograd_kernels(const Tensor<T>& weight,
-                                                                             bool adjoint) {
-    return weight.template derived<PackedWinogradKernels<Kernel>>(adjoint, [adjoint](const Tensor<T>& w) {
-        const std::shared_ptr<const Tensor<T>> u = winograd_kernels_of(w, adjoint, false);
-        const index_t out = u->dim(1), in = u->dim(2);  // of the convolution they serve
-        PackedWinogradKernels<Kernel> packed;
-        for (index_t e = 0; e < 16; ++e)
-            packed.positions.emplace_back(view(u->data() + e * out * in, out, in).transposed());
-        return packed;
-    });
-}
-
-// The kernels of a transposed Winograd convolution, packed for the register tile whose rows
-// fit its tiles: 7 rows for 49 and 196 tiles (7x7 and 14x14 tiles of 14x14 and 28x28 maps),
-// 8 for 16 (a 7x7 map), where 7 would pad 16 rows to 21 (1.16 against 0.95 ms on layer4).
-template <class T>
-class WinogradTransposed {
-  public:
-    WinogradTransposed(const Tensor<T>& weight, const ConvGeometry& g, bool adjoint) {
-        if (winograd_tiles(g) <= winograd_transposed_small_tiles)
-            eight_ = packed_winograd_kernels<GemmKernel<T>>(weight, adjoint);
-        else
-            seven_ = packed_winograd_kernels<PixelMajorKernel<T>>(weight, adjoint);
-    }
-    // y = (or += with `accumulate`) the convolution of x, as winograd_conv3x3_transposed.
-    void run(const T* x, const ConvGeometry& g, index_t out_channels, T* y, bool accumulate) const {
-        if (eight_)
-            winograd_conv3x3_transposed<GemmKernel<T>>(x, g, eight_->positions, out_channels, y,
-                                                       accumulate);
-        else
-            winograd_conv3x3_transposed<PixelMajorKernel<T>>(x, g, seven_->positions, out_channels,
-                                                             y, accumulate);
-    }
-
-  private:
-    std::shared_ptr<const PackedWinogradKernels<PixelMajorKernel<T>>> seven_;
-    std::shared_ptr<const PackedWinogradKernels<GemmKernel<T>>> eight_;
-};
 
 // One image's group: y (group_out x pixels) = (im2col(x)^T W^T)^T, by tiles of output rows.
 template <class T>
@@ -232,6 +150,156 @@ void conv_pixel_major_adjoint(const T* dy, const ConvGeometry& g, const typename
 }
 #endif
 
+// Winograd's transformed kernels of a 3x3 weight [out, in, 3, 3] in Form (with `adjoint`, those
+// of the input gradient's convolution), kept with the weights when `keep`, else made for this call.
+template <class Form, class T>
+std::shared_ptr<const Tensor<T>> winograd_kernels_of(const Tensor<T>& weight, bool adjoint, bool keep) {
+    const auto make = [adjoint](const Tensor<T>& w) {
+        const index_t out = w.dim(0), in = w.dim(1);
+        Tensor<T> u = Tensor<T>::uninitialized(adjoint ? Shape{Form::positions, in, out}
+                                                       : Shape{Form::positions, out, in});
+        winograd_kernels<Form>(w.data(), out, in, adjoint, u.data());
+        return u;
+    };
+    if (!keep) return std::make_shared<const Tensor<T>>(make(weight));
+    return weight.template derived<Tensor<T>>(static_cast<std::size_t>(2 * Form::m + adjoint), make);
+}
+
+#if defined(GRADCAM_DETAIL_OWN_GEMM)
+// Outputs of up to 256 tiles (ResNet's 56x56 maps in F(4x4, 3x3), its 28x28 and 14x14 ones in
+// either form) with kernels small enough to keep packed. Measured per layer on ResNet-50, against
+// the best other lowering: 28x28 with 128 channels 0.98 -> 0.77 ms (F(2x2, 3x3) against
+// untransposed), 14x14 with 256 channels 1.24 -> 0.64 ms (against the transposed direct product).
+inline constexpr index_t winograd_transposed_max_tiles = 256;
+// Outputs of up to 16 tiles (7x7 maps) keep kernels four times larger: ResNet's 512-channel
+// layer4, 1.36 -> 0.95 ms per layer, for 16 MiB kept per layer (VGG has no such layer; its
+// 14x14 ones stay under the smaller limit, for its Grad-CAM's memory).
+inline constexpr index_t winograd_transposed_small_tiles = 16;
+
+// F(4x4, 3x3) takes the transposed products from 49 of its tiles up (28x28 maps). Measured per
+// layer on ResNet-50, against F(2x2, 3x3): 56x56 with 64 channels 0.92 -> 0.62 ms, 28x28 with 128
+// 0.72 -> 0.41; at 14x14 (16 tiles) the two are even, at 7x7 F(2x2, 3x3) wins, 0.75 against
+// 1.04 ms. (The untransposed products, on larger maps, always take F(4x4, 3x3): 224x224 with 64
+// channels 13.9 -> 10.5 ms, 28x28 with 512 12.1 -> 7.9.)
+inline constexpr index_t winograd_f4_min_tiles = 49;
+
+// Whether the transposed products suit Form: enough tiles for it, few enough for the products,
+// kernels small enough to keep.
+template <class Form>
+bool winograd_transposed_fits(const ConvGeometry& g, index_t out_channels) {
+    const index_t tiles = winograd_tiles<Form>(g);
+    const index_t kept_max =
+        (tiles <= winograd_transposed_small_tiles ? 4 : 1) * winograd_kept_kernels_max;
+    return (std::is_same_v<Form, WinogradF2> || tiles >= winograd_f4_min_tiles) &&
+           tiles <= winograd_transposed_max_tiles &&
+           Form::positions * g.channels * out_channels <= kept_max;
+}
+
+template <class T>
+bool winograd_transposed_applies(const ConvGeometry& g, index_t out_channels) {
+    return (std::is_same_v<T, float> || std::is_same_v<T, double>) &&
+           winograd_kernel_fits(g, out_channels) &&
+           (winograd_transposed_fits<WinogradF4>(g, out_channels) ||
+            winograd_transposed_fits<WinogradF2>(g, out_channels));
+}
+
+// Winograd's transformed kernels in Form with each position's U_e^T packed for Kernel (with
+// `adjoint`, those of the input gradient's convolution), for winograd_conv3x3_transposed.
+template <class Form, class Kernel>
+struct PackedWinogradKernels {
+    std::vector<typename Kernel::PackedRight> positions;
+};
+
+template <class Form, class Kernel, class T>
+std::shared_ptr<const PackedWinogradKernels<Form, Kernel>> packed_winograd_kernels(
+    const Tensor<T>& weight, bool adjoint) {
+    return weight.template derived<PackedWinogradKernels<Form, Kernel>>(adjoint, [adjoint](const Tensor<T>& w) {
+        const std::shared_ptr<const Tensor<T>> u = winograd_kernels_of<Form>(w, adjoint, false);
+        const index_t out = u->dim(1), in = u->dim(2);  // of the convolution they serve
+        PackedWinogradKernels<Form, Kernel> packed;
+        for (index_t e = 0; e < Form::positions; ++e)
+            packed.positions.emplace_back(view(u->data() + e * out * in, out, in).transposed());
+        return packed;
+    });
+}
+#endif
+
+// A Winograd convolution of geometry g into out_channels planes by the kernels of `weight` (with
+// `adjoint`, the input gradient's convolution): with its products `transposed` (kernels packed
+// and kept; F(4x4, 3x3) where winograd_transposed_fits allows it), or not (F(4x4, 3x3), kernels
+// kept when small, or with `keep_large` whatever their size). For the transposed products the register tile
+// has rows to fit the tiles: 7 for 49 and 196 tiles (7x7 and 14x14 tiles), 8 for 16 (a 7x7 map
+// in F(2x2, 3x3)), where 7 would pad 16 rows to 21 (1.16 against 0.95 ms on layer4).
+template <class T>
+class WinogradConvolution {
+  public:
+    WinogradConvolution(const Tensor<T>& weight, const ConvGeometry& g, index_t out_channels,
+                        bool adjoint, bool transposed, bool keep_large)
+        : g_(g), out_channels_(out_channels) {
+#if defined(GRADCAM_DETAIL_OWN_GEMM)
+        if (transposed) {
+            if (winograd_transposed_fits<WinogradF4>(g, out_channels))
+                use_transposed<WinogradF4>(weight, adjoint);
+            else
+                use_transposed<WinogradF2>(weight, adjoint);
+            return;
+        }
+#endif
+        (void)transposed;
+        use_untransposed<WinogradF4>(weight, adjoint, keep_large);
+    }
+
+    // y = (or += with `accumulate`) the convolution of x.
+    void run(const T* x, T* y, bool accumulate) const {
+        run_(kernels_.get(), x, g_, out_channels_, y, accumulate);
+    }
+
+  private:
+    using Run = void (*)(const void* kernels, const T* x, const ConvGeometry& g,
+                         index_t out_channels, T* y, bool accumulate);
+
+    template <class Form>
+    void use_untransposed(const Tensor<T>& weight, bool adjoint, bool keep_large) {
+        // Kept with the weights when small, as in every ResNet (making them costs 2% of a
+        // ResNet-50 forward); VGG's wide layers make theirs on each call, so that a Grad-CAM's
+        // memory does not grow by 4 times those weights.
+        const bool keep = keep_large || Form::positions * weight.dim(0) * weight.dim(1) <=
+                                            winograd_kept_kernels_max;
+        kernels_ = winograd_kernels_of<Form>(weight, adjoint, keep);
+        run_ = [](const void* kernels, const T* x, const ConvGeometry& g, index_t out_channels,
+                  T* y, bool accumulate) {
+            T* scratch = thread_scratch<T>(winograd_scratch_size<Form>(g, out_channels));
+            winograd_conv3x3<Form>(x, g, static_cast<const Tensor<T>*>(kernels)->data(),
+                                   out_channels, y, accumulate, scratch);
+        };
+    }
+
+#if defined(GRADCAM_DETAIL_OWN_GEMM)
+    template <class Form>
+    void use_transposed(const Tensor<T>& weight, bool adjoint) {
+        if (winograd_tiles<Form>(g_) <= winograd_transposed_small_tiles)
+            use_transposed<Form, GemmKernel<T>>(weight, adjoint);
+        else
+            use_transposed<Form, PixelMajorKernel<T>>(weight, adjoint);
+    }
+    template <class Form, class Kernel>
+    void use_transposed(const Tensor<T>& weight, bool adjoint) {
+        kernels_ = packed_winograd_kernels<Form, Kernel>(weight, adjoint);
+        run_ = [](const void* kernels, const T* x, const ConvGeometry& g, index_t out_channels,
+                  T* y, bool accumulate) {
+            winograd_conv3x3_transposed<Form, Kernel>(
+                x, g, static_cast<const PackedWinogradKernels<Form, Kernel>*>(kernels)->positions,
+                out_channels, y, accumulate);
+        };
+    }
+#endif
+
+    ConvGeometry g_;
+    index_t out_channels_;
+    std::shared_ptr<const void> kernels_;
+    Run run_ = nullptr;
+};
+
 }  // namespace detail
 
 namespace detail {
@@ -266,19 +334,10 @@ Tensor<T> conv2d_forward(const Tensor<T>& x, const Tensor<T>& weight, const Tens
     Tensor<T> y = Tensor<T>::uninitialized(Shape{batch, out_channels, g.out_h, g.out_w});
     const T* xs = x.data();
     const T* ws = weight.data();
-    // Small outputs take Winograd transposed, with its kernels packed and kept.
-#if defined(GRADCAM_DETAIL_OWN_GEMM)
-    std::optional<WinogradTransposed<T>> packed_kernels;
-    if (lowering.winograd_small) packed_kernels.emplace(weight, g, false);
-#endif
-    // Winograd's transformed weights, shared by the images. Kept with the weights when they are
-    // small, as in every ResNet (making them costs 2% of a ResNet-50 forward); VGG's 512-channel
-    // layers make theirs on each call, so that a Grad-CAM's memory does not grow by 16/9 of
-    // those weights.
-    std::shared_ptr<const Tensor<T>> kernels;
-    if (lowering.winograd)
-        kernels = winograd_kernels_of(weight, false,
-                                      16 * out_channels * g.channels <= winograd_kept_kernels_max);
+    // Winograd's transformed weights, shared by the images.
+    std::optional<WinogradConvolution<T>> winograd;
+    if (lowering.winograd_small || lowering.winograd)
+        winograd.emplace(weight, g, out_channels, false, lowering.winograd_small, false);
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
     std::shared_ptr<const PackedConvWeights<T>> packed;
     if (!lowering.winograd && !lowering.winograd_small && pixel_major_applies<T>(g))
@@ -292,19 +351,17 @@ Tensor<T> conv2d_forward(const Tensor<T>& x, const Tensor<T>& weight, const Tens
         const T* x_group = xs + item * in_plane;
         const auto w_g = view(ws + gi * group_out * g.rows(), group_out, g.rows());
         T* y_group = y.data() + item * out_plane;
+        if (winograd) {
+            winograd->run(x_group, y_group, false);
+        } else
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
-        if (packed_kernels) {
-            packed_kernels->run(x_group, g, group_out, y_group, false);
-        } else if (packed) {
+        if (packed) {
             conv_pixel_major(x_group, g, (*packed)[static_cast<std::size_t>(gi)], group_out,
                              lowering.rows_per_tile, y_group);
         } else
 #endif
         if (g.is_pointwise()) {
             gemm(w_g, view(x_group, g.rows(), g.cols()), y_group, g.cols(), false);
-        } else if (lowering.winograd) {
-            T* scratch = thread_scratch<T>(winograd_scratch_size(g, group_out));
-            winograd_conv3x3(x_group, g, kernels->data(), group_out, y_group, false, scratch);
         } else {
             T* col = thread_scratch<T>(g.rows() * lowering.rows_per_tile * g.out_w);
             for (index_t oh0 = 0; oh0 < g.out_h; oh0 += lowering.rows_per_tile) {
@@ -346,20 +403,16 @@ Backward<T> conv2d_backward(const ConvGeometry& g, index_t groups, index_t out_c
             want_x && lowering.winograd_small && winograd_adjoint_applies(g);
         if (fresh && !g.is_pointwise() && !winograd_dx && !winograd_small_dx)
             std::fill_n(dx, xv.size(), T(0));  // col2im adds
-        const ConvGeometry adjoint = winograd_adjoint(g, group_out);
         // Kept with the weights whatever their size: a Grad-CAM's backward pass does not come
         // down to these layers, and the passes that do need memory for every activation anyway.
-        std::shared_ptr<const Tensor<T>> adjoint_kernels;
-        if (winograd_dx) adjoint_kernels = winograd_kernels_of(wv, true, true);
+        std::optional<WinogradConvolution<T>> adjoint_winograd;
+        if (winograd_dx || winograd_small_dx)
+            adjoint_winograd.emplace(wv, winograd_adjoint(g, group_out), g.channels, true,
+                                     winograd_small_dx, true);
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
         std::shared_ptr<const PackedConvWeights<T>> adjoint_packed;
-        std::optional<WinogradTransposed<T>> adjoint_packed_kernels;
-        if (winograd_small_dx)
-            adjoint_packed_kernels.emplace(wv, adjoint, true);
-        else if (want_x && !winograd_dx && pixel_major_applies<T>(g))
+        if (want_x && !adjoint_winograd && pixel_major_applies<T>(g))
             adjoint_packed = packed_conv_weights(wv, groups, true);
-#else
-        (void)winograd_small_dx;
 #endif
         // The weight gradient sums over images: each thread sums into its own copy.
         const bool parallel = batch > 1;
@@ -377,13 +430,13 @@ Backward<T> conv2d_backward(const ConvGeometry& g, index_t groups, index_t out_c
                                    gi * group_out * g.rows()
                              : nullptr;
             bool dx_done = false;
-#if defined(GRADCAM_DETAIL_OWN_GEMM)
-            if (adjoint_packed_kernels) {
-                adjoint_packed_kernels->run(dy_group, adjoint, g.channels, dx + item * in_plane,
-                                            !fresh);
+            if (adjoint_winograd) {
+                adjoint_winograd->run(dy_group, dx + item * in_plane, !fresh);
                 dx_done = true;
                 if (!want_w) return;
-            } else if (adjoint_packed) {
+            }
+#if defined(GRADCAM_DETAIL_OWN_GEMM)
+            if (adjoint_packed) {
                 conv_pixel_major_adjoint(dy_group, g, (*adjoint_packed)[static_cast<std::size_t>(gi)],
                                          group_out, dx + item * in_plane,
                                          !(fresh && g.is_pointwise()));
@@ -400,17 +453,11 @@ Backward<T> conv2d_backward(const ConvGeometry& g, index_t groups, index_t out_c
                          true);
                 return;
             }
-            if (winograd_dx) {
-                T* scratch = thread_scratch<T>(winograd_scratch_size(adjoint, g.channels));
-                winograd_conv3x3(dy_group, adjoint, adjoint_kernels->data(), g.channels,
-                                 dx + item * in_plane, !fresh, scratch);
-                if (!want_w) return;
-            }
             T* col = thread_scratch<T>(g.rows() * rows_per_tile * g.out_w);
             for (index_t oh0 = 0; oh0 < g.out_h; oh0 += rows_per_tile) {
                 const index_t oh1 = std::min(g.out_h, oh0 + rows_per_tile), cols = (oh1 - oh0) * g.out_w;
                 const auto dy_tile = view(dy_group + oh0 * g.out_w, group_out, cols, g.cols());
-                if (want_x && !winograd_dx && !dx_done) {
+                if (want_x && !dx_done) {
                     gemm(w_g.transposed(), dy_tile, col, cols, false);
                     col2im_add(col, g, dx + item * in_plane, oh0, oh1);
                 }
