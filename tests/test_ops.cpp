@@ -415,6 +415,10 @@ TEST_CASE("ops: gemm equals the direct sum for every tile edge, storage order an
     check_gemm<double>(130, 700, 300, true, true, false, true, random, 1e-14);
     check_gemm<float>(1100, 200, 600, true, false, false, true, random, 1e-6);
     check_gemm<double>(700, 130, 300, false, true, true, true, random, 1e-14);
+    // No more rows than one block of A (mc): B is read in place, A too when stored by columns,
+    // over several blocks of columns and of depth, with partial panels at both edges.
+    check_gemm<float>(61, 1100, 600, true, false, true, true, random, 1e-6);
+    check_gemm<double>(64, 790, 520, false, false, false, true, random, 1e-14);
     // With B packed beforehand, threads split by rows once there are enough, else by columns.
     check_gemm<float>(400, 300, 600, false, true, false, true, random, 1e-6, GemmRoute::pixel_major_packed);
     check_gemm<double>(49, 700, 300, true, true, true, true, random, 1e-14, GemmRoute::pixel_major_packed);

@@ -49,15 +49,18 @@ MatrixView<T> view(const T* data, index_t rows, index_t cols, index_t stride) {
     return {data, rows, cols, stride, 1};
 }
 
-// dst (cols x rows) = src^T, or += with `accumulate`; src's rows are ld apart. By blocks of
-// dst's rows on threads.
+// dst (cols x rows) = src^T, or += with `accumulate`; src's rows are ld apart. By blocks of 64
+// of dst's rows and 512 of its columns on threads: 64 channels (one block of rows) of a 56x56 map
+// still give 7 blocks.
 template <class T>
 void transpose_into(const T* src, index_t rows, index_t cols, index_t ld, T* dst, bool accumulate) {
-    const index_t block = 64, blocks = (cols + block - 1) / block;
-    parallel_for(blocks, rows * cols >= parallel_grain, [&](index_t b, int) {
-        const index_t c0 = b * block, count = std::min(block, cols - c0);
-        auto out = matrix(dst + c0 * rows, count, rows);
-        const auto in = matrix(src + c0, rows, count, ld).transpose();
+    const index_t block = 64, span = 512;
+    const index_t col_blocks = (cols + block - 1) / block, row_blocks = (rows + span - 1) / span;
+    parallel_for(col_blocks * row_blocks, rows * cols >= parallel_grain, [&](index_t b, int) {
+        const index_t c0 = b / row_blocks * block, count = std::min(block, cols - c0);
+        const index_t r0 = b % row_blocks * span, length = std::min(span, rows - r0);
+        auto out = matrix(dst + c0 * rows + r0, count, length, rows);
+        const auto in = matrix(src + r0 * ld + c0, length, count, ld).transpose();
         if (accumulate)
             out += in;
         else
@@ -200,13 +203,14 @@ struct GemmKernel {
         }
     }
 
-    // C's m x n tile (m <= mr, n <= nr) = or += the product of one panel of A and one of B.
-    static void micro_kernel(index_t depth, const T* a, const T* b, T* c, index_t ldc,
-                             bool accumulate, index_t m, index_t n) {
+    // C's m x n tile (m <= mr, n <= nr) = or += the product of one panel of A and one of B: for
+    // each k, A's mr values at a + k * a_step (mr when packed) and B's nr at b + k * b_step.
+    static void micro_kernel(index_t depth, const T* a, index_t a_step, const T* b, index_t b_step,
+                             T* c, index_t ldc, bool accumulate, index_t m, index_t n) {
         Vec acc[mr][vectors];
         for (auto& row : acc)
             for (Vec& v : row) v = Vec{};
-        for (index_t k = 0; k < depth; ++k, a += mr, b += nr) {
+        for (index_t k = 0; k < depth; ++k, a += a_step, b += b_step) {
             Vec bk[vectors];
             for (index_t v = 0; v < vectors; ++v) std::memcpy(&bk[v], b + v * lanes, sizeof(Vec));
 #pragma GCC unroll 16
@@ -262,30 +266,49 @@ struct GemmKernel {
         index_t first = 0;
     };
 
-    // One thread's product of the whole of a and b into c.
+    // One thread's product of the whole of a and b into c. Operands whose panels lie in memory
+    // as the micro-kernel reads them are read in place, not packed: A stored by columns (each
+    // panel's mr values are consecutive for every k), and B stored by rows (its nr values are)
+    // when A has no more than mc rows, so that each panel of B is read once anyway (with more,
+    // the packed copy, read again for each block of A's rows, is the faster). Only a last,
+    // partial panel is packed then, with zeros past the edge. Packing reads and writes every
+    // value once more: B in place makes a 64 x 256 x 3136 product (a 1x1 convolution at 56x56)
+    // 10% faster on one thread.
     static void run(const MatrixView<T>& a, const Right& b, T* c, index_t ldc, bool accumulate) {
         const index_t M = a.rows, K = a.cols, N = b.view.cols;
+        const bool a_in_place = a.row_stride == 1,
+                   b_in_place = !b.packed && b.view.col_stride == 1 && M <= mc;
         T* packed_a = thread_scratch<T, 1>(mc * kc);
         T* packed_b =
             b.packed ? nullptr : thread_scratch<T, 2>(kc * ((std::min(nc, N) + nr - 1) / nr * nr));
         for (index_t jc = 0; jc < N; jc += nc) {
-            const index_t cols = std::min(nc, N - jc);
+            const index_t cols = std::min(nc, N - jc), full_cols = b_in_place ? cols / nr * nr : 0;
             for (index_t pc = 0; pc < K; pc += kc) {
                 const index_t depth = std::min(kc, K - pc);
                 const bool add = accumulate || pc > 0;
                 const T* panels = packed_b;
                 if (b.packed)
                     panels = b.packed->block(pc, b.first + jc);
-                else
-                    pack_b(b.view, pc, depth, jc, cols, packed_b);
+                else if (full_cols < cols)
+                    pack_b(b.view, pc, depth, jc + full_cols, cols - full_cols,
+                           packed_b + full_cols * depth);
                 for (index_t ic = 0; ic < M; ic += mc) {
-                    const index_t rows = std::min(mc, M - ic);
-                    pack_a(a, ic, rows, pc, depth, packed_a);
-                    for (index_t jr = 0; jr < cols; jr += nr)
-                        for (index_t ir = 0; ir < rows; ir += mr)
-                            micro_kernel(depth, packed_a + ir * depth, panels + jr * depth,
+                    const index_t rows = std::min(mc, M - ic), full_rows = a_in_place ? rows / mr * mr : 0;
+                    if (full_rows < rows)
+                        pack_a(a, ic + full_rows, rows - full_rows, pc, depth,
+                               packed_a + full_rows * depth);
+                    for (index_t jr = 0; jr < cols; jr += nr) {
+                        const bool b_here = jr < full_cols;
+                        const T* b_panel = b_here ? &b.view(pc, jc + jr) : panels + jr * depth;
+                        const index_t b_step = b_here ? b.view.row_stride : nr;
+                        for (index_t ir = 0; ir < rows; ir += mr) {
+                            const bool a_here = ir < full_rows;
+                            micro_kernel(depth, a_here ? &a(ic + ir, pc) : packed_a + ir * depth,
+                                         a_here ? a.col_stride : mr, b_panel, b_step,
                                          c + (ic + ir) * ldc + jc + jr, ldc, add,
                                          std::min(mr, rows - ir), std::min(nr, cols - jr));
+                        }
+                    }
                 }
             }
         }
