@@ -237,15 +237,26 @@ TEST_CASE("ops: conv2d_batch_norm equals conv2d, batch_norm2d, add and relu one 
         Shape x, w;
         Conv2dOptions options;
     };
-    // A direct im2col product, a pointwise one, a strided one and a transposed Winograd one.
+    // Every lowering, each applying the fused tail as it writes: the transposed product (direct,
+    // strided, grouped), the product as it is (pointwise, and through im2col), and Winograd's
+    // untransposed and transposed, in both forms.
     for (const Case& c : {Case{"3x3 direct", {2, 5, 9, 8}, {7, 5, 3, 3}, {.padding = 1}},
                           Case{"1x1", {2, 8, 6, 6}, {12, 8, 1, 1}, {}},
                           Case{"3x3 stride 2", {1, 6, 11, 11}, {8, 6, 3, 3}, {.stride = 2, .padding = 1}},
+                          Case{"3x3 groups 2", {2, 6, 7, 6}, {8, 3, 3, 3}, {.padding = 1, .groups = 2}},
+                          Case{"3x3 by im2col as it is", {2, 3, 20, 21}, {8, 3, 3, 3}, {.padding = 1}},
+                          Case{"Winograd", {1, 16, 66, 67}, {20, 16, 3, 3}, {.padding = 1}},
+                          Case{"Winograd transposed F(4x4)", {2, 16, 28, 30}, {24, 16, 3, 3}, {.padding = 1}},
                           Case{"Winograd transposed", {1, 16, 14, 14}, {32, 16, 3, 3}, {.padding = 1}}}) {
         const index_t out = c.w[0];
         const detail::ConvGeometry g = detail::conv_geometry(c.x, c.w, nullptr, c.options);
-        if (std::string(c.what) == "Winograd transposed")
-            REQUIRE(detail::winograd_transposed_applies<double>(g, out));
+        const std::string what = c.what;
+        const bool transposed = detail::winograd_transposed_applies<double>(g, out);
+        if (what.starts_with("Winograd transposed")) REQUIRE(transposed);
+        if (what == "Winograd transposed F(4x4)")
+            REQUIRE(detail::winograd_transposed_fits<detail::WinogradF4>(g, out));
+        if (what == "Winograd") REQUIRE((!transposed && detail::winograd_applies(g, out)));
+        if (what == "3x3 by im2col as it is") REQUIRE((!detail::pixel_major_applies<double>(g)));
         const Shape y_shape{c.x[0], out, g.out_h, g.out_w};
         auto normal = [&](Shape shape) {
             Tensor<double> t(std::move(shape));

@@ -23,6 +23,7 @@
 #include <immintrin.h>
 #endif
 
+#include "gradcam/detail/conv_tail.hpp"
 #include "gradcam/detail/eigen.hpp"
 #include "gradcam/detail/parallel.hpp"
 #include "gradcam/tensor.hpp"
@@ -51,9 +52,11 @@ MatrixView<T> view(const T* data, index_t rows, index_t cols, index_t stride) {
 
 // dst (cols x rows) = src^T, or += with `accumulate`; src's rows are ld apart. By blocks of 64
 // of dst's rows and 512 of its columns on threads: 64 channels (one block of rows) of a 56x56 map
-// still give 7 blocks.
+// still give 7 blocks. A convolution's `tail`, if any, is applied to each block as it is
+// written (dst's rows are its output channels).
 template <class T>
-void transpose_into(const T* src, index_t rows, index_t cols, index_t ld, T* dst, bool accumulate) {
+void transpose_into(const T* src, index_t rows, index_t cols, index_t ld, T* dst, bool accumulate,
+                    const ConvTail<T>* tail = nullptr) {
     const index_t block = 64, span = 512;
     const index_t col_blocks = (cols + block - 1) / block, row_blocks = (rows + span - 1) / span;
     parallel_for(col_blocks * row_blocks, rows * cols >= parallel_grain, [&](index_t b, int) {
@@ -65,6 +68,9 @@ void transpose_into(const T* src, index_t rows, index_t cols, index_t ld, T* dst
             out += in;
         else
             out = in;
+        if (tail)
+            for (index_t c = c0; c < c0 + count; ++c)
+                tail->apply(dst + c * rows + r0, c, c * rows + r0, length);
     });
 }
 

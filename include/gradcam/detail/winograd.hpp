@@ -233,12 +233,13 @@ void winograd_input_transform(const T* x, const ConvGeometry& g, index_t ty0, in
 
 // y[k] (out_channels planes of g.out_h x g.out_w) = (or +=, with `accumulate`) the 3x3
 // convolution of the g.channels planes x with the kernels whose transforms winograd_kernels
-// made. `scratch` holds winograd_scratch_size(...) values. The transforms' small row buffers
-// are vectors of their own, not thread_scratch: the calling thread, which is also the first of
-// the team, already holds its scratch buffer.
+// made, with a convolution's `tail` applied to each output row as it is written. `scratch` holds
+// winograd_scratch_size(...) values. The transforms' small row buffers are vectors of their
+// own, not thread_scratch: the calling thread, which is also the first of the team, already
+// holds its scratch buffer.
 template <class Form, class T>
 void winograd_conv3x3(const T* x, const ConvGeometry& g, const T* u, index_t out_channels, T* y,
-                      bool accumulate, T* scratch) {
+                      bool accumulate, T* scratch, const ConvTail<T>* tail = nullptr) {
     constexpr index_t m = Form::m, t = Form::t, positions = Form::positions;
     const index_t C = g.channels, K = out_channels;
     const index_t tiles_h = (g.out_h + m - 1) / m, tiles_w = winograd_tiles_w<Form>(g);
@@ -281,6 +282,7 @@ void winograd_conv3x3(const T* x, const ConvGeometry& g, const T* u, index_t out
                         for (index_t ow = 0; ow < g.out_w; ++ow) out[ow] += row[ow];
                     else
                         std::copy_n(row, g.out_w, out);
+                    if (tail) tail->apply(out, k, out - y, g.out_w);
                 }
             }
         });
@@ -292,11 +294,13 @@ void winograd_conv3x3(const T* x, const ConvGeometry& g, const T* u, index_t out
 // narrow as 49 or 16 columns. The products run transposed, as conv_pixel_major's do, tiles down
 // and output channels across: M_e^T (tiles x K) = V_e^T U_e^T, with each U_e^T packed once
 // (`u_t`, for Kernel). The output transform then runs along the channels of a tile, into Y^T,
-// which is transposed back. The whole image at once; the products on separate threads.
+// which is transposed back (applying `tail`). The whole image at once; the products on
+// separate threads.
 template <class Form, class Kernel, class T>
 void winograd_conv3x3_transposed(const T* x, const ConvGeometry& g,
                                  const std::vector<typename Kernel::PackedRight>& u_t,
-                                 index_t out_channels, T* y, bool accumulate) {
+                                 index_t out_channels, T* y, bool accumulate,
+                                 const ConvTail<T>* tail = nullptr) {
     constexpr index_t m = Form::m, t = Form::t, positions = Form::positions;
     const index_t C = g.channels, K = out_channels;
     const index_t tiles_w = winograd_tiles_w<Form>(g), tiles = winograd_tiles<Form>(g);
@@ -339,7 +343,7 @@ void winograd_conv3x3_transposed(const T* x, const ConvGeometry& g,
                                 y_t + ((m * ty + i) * g.out_w + m * tx + j) * ld + k0);
         }
     });
-    transpose_into(y_t, g.out_h * g.out_w, K, ld, y, accumulate);
+    transpose_into(y_t, g.out_h * g.out_w, K, ld, y, accumulate, tail);
 }
 #endif
 

@@ -9,6 +9,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "gradcam/detail/conv_tail.hpp"
 #include "gradcam/detail/eigen.hpp"
 #include "gradcam/detail/gemm.hpp"
 #include "gradcam/detail/im2col.hpp"
@@ -109,10 +110,11 @@ std::shared_ptr<const PackedConvWeights<T>> packed_conv_weights(const Tensor<T>&
         });
 }
 
-// One image's group: y (group_out x pixels) = (im2col(x)^T W^T)^T, by tiles of output rows.
+// One image's group: y (group_out x pixels) = (im2col(x)^T W^T)^T, by tiles of output rows,
+// with `tail` applied as it is transposed back.
 template <class T>
 void conv_pixel_major(const T* x, const ConvGeometry& g, const typename PixelMajorKernel<T>::PackedRight& w_t,
-                      index_t group_out, index_t rows_per_tile, T* y) {
+                      index_t group_out, index_t rows_per_tile, T* y, const ConvTail<T>* tail) {
     const index_t ld = padded_stride<T>(group_out);
     T* y_t = thread_scratch<T, 3>(g.cols() * ld);
     const MatrixView<T> w_shape{nullptr, g.rows(), group_out, 1, g.rows()};
@@ -128,7 +130,7 @@ void conv_pixel_major(const T* x, const ConvGeometry& g, const typename PixelMaj
                                             y_t + oh0 * g.out_w * ld, ld, false, true);
         }
     }
-    transpose_into(y_t, g.cols(), group_out, ld, y, false);
+    transpose_into(y_t, g.cols(), group_out, ld, y, false, tail);
 }
 
 // Its input gradient, dx += col2im((dY^T W)^T) with W packed as its adjoint; for a pointwise
@@ -249,14 +251,14 @@ class WinogradConvolution {
         use_untransposed<WinogradF4>(weight, adjoint, keep_large);
     }
 
-    // y = (or += with `accumulate`) the convolution of x.
-    void run(const T* x, T* y, bool accumulate) const {
-        run_(kernels_.get(), x, g_, out_channels_, y, accumulate);
+    // y = (or += with `accumulate`) the convolution of x, then `tail` applied to it.
+    void run(const T* x, T* y, bool accumulate, const ConvTail<T>* tail = nullptr) const {
+        run_(kernels_.get(), x, g_, out_channels_, y, accumulate, tail);
     }
 
   private:
     using Run = void (*)(const void* kernels, const T* x, const ConvGeometry& g,
-                         index_t out_channels, T* y, bool accumulate);
+                         index_t out_channels, T* y, bool accumulate, const ConvTail<T>* tail);
 
     template <class Form>
     void use_untransposed(const Tensor<T>& weight, bool adjoint, bool keep_large) {
@@ -267,10 +269,10 @@ class WinogradConvolution {
                                             winograd_kept_kernels_max;
         kernels_ = winograd_kernels_of<Form>(weight, adjoint, keep);
         run_ = [](const void* kernels, const T* x, const ConvGeometry& g, index_t out_channels,
-                  T* y, bool accumulate) {
+                  T* y, bool accumulate, const ConvTail<T>* tail) {
             T* scratch = thread_scratch<T>(winograd_scratch_size<Form>(g, out_channels));
             winograd_conv3x3<Form>(x, g, static_cast<const Tensor<T>*>(kernels)->data(),
-                                   out_channels, y, accumulate, scratch);
+                                   out_channels, y, accumulate, scratch, tail);
         };
     }
 
@@ -286,10 +288,10 @@ class WinogradConvolution {
     void use_transposed(const Tensor<T>& weight, bool adjoint) {
         kernels_ = packed_winograd_kernels<Form, Kernel>(weight, adjoint);
         run_ = [](const void* kernels, const T* x, const ConvGeometry& g, index_t out_channels,
-                  T* y, bool accumulate) {
+                  T* y, bool accumulate, const ConvTail<T>* tail) {
             winograd_conv3x3_transposed<Form, Kernel>(
                 x, g, static_cast<const PackedWinogradKernels<Form, Kernel>*>(kernels)->positions,
-                out_channels, y, accumulate);
+                out_channels, y, accumulate, tail);
         };
     }
 #endif
@@ -322,9 +324,10 @@ ConvLowering conv_lowering(const ConvGeometry& g, index_t groups, index_t out_ch
     return l;
 }
 
-// y = conv(x, weight) (+ bias), for every image and group; see conv2d.
+// y = tail(conv(x, weight)), for every image and group; see conv2d. The tail (the bias, and
+// what conv2d_batch_norm fuses) is applied by each lowering as it writes its outputs.
 template <class T>
-Tensor<T> conv2d_forward(const Tensor<T>& x, const Tensor<T>& weight, const Tensor<T>* bias,
+Tensor<T> conv2d_forward(const Tensor<T>& x, const Tensor<T>& weight, const ConvTail<T>& tail,
                          const ConvGeometry& g, index_t groups) {
     const index_t batch = x.dim(0), out_channels = weight.dim(0), group_out = out_channels / groups;
     const index_t in_plane = g.height * g.width * g.channels;  // one group's input
@@ -351,14 +354,18 @@ Tensor<T> conv2d_forward(const Tensor<T>& x, const Tensor<T>& weight, const Tens
         const T* x_group = xs + item * in_plane;
         const auto w_g = view(ws + gi * group_out * g.rows(), group_out, g.rows());
         T* y_group = y.data() + item * out_plane;
+        const ConvTail<T> group_tail = tail.part(item * out_plane, gi * group_out);
+        const ConvTail<T>* t = group_tail.empty() ? nullptr : &group_tail;
         if (winograd) {
-            winograd->run(x_group, y_group, false);
-        } else
+            winograd->run(x_group, y_group, false, t);
+            return;
+        }
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
         if (packed) {
             conv_pixel_major(x_group, g, (*packed)[static_cast<std::size_t>(gi)], group_out,
-                             lowering.rows_per_tile, y_group);
-        } else
+                             lowering.rows_per_tile, y_group, t);
+            return;
+        }
 #endif
         if (g.is_pointwise()) {
             gemm(w_g, view(x_group, g.rows(), g.cols()), y_group, g.cols(), false);
@@ -371,9 +378,7 @@ Tensor<T> conv2d_forward(const Tensor<T>& x, const Tensor<T>& weight, const Tens
                 gemm(w_g, view(col, g.rows(), cols), y_group + oh0 * g.out_w, g.cols(), false);
             }
         }
-        if (bias)
-            matrix(y_group, group_out, g.cols()).colwise() +=
-                ConstVectorMap<T>(bias->data() + gi * group_out, group_out);
+        if (t) t->apply_planes(y_group, group_out, g.cols());
     });
     return y;
 }
@@ -491,8 +496,9 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
     const Shape bias_shape = bias ? bias.shape() : Shape();
     const detail::ConvGeometry g =
         detail::conv_geometry(x.shape(), weight.shape(), bias ? &bias_shape : nullptr, options);
-    Tensor<T> y = detail::conv2d_forward(x.value(), weight.value(),
-                                         bias ? &bias.value() : nullptr, g, options.groups);
+    detail::ConvTail<T> tail;
+    if (bias) tail.bias = bias.value().data();
+    Tensor<T> y = detail::conv2d_forward(x.value(), weight.value(), tail, g, options.groups);
     auto backward =
         detail::conv2d_backward<T>(g, options.groups, weight.shape()[0], static_cast<bool>(bias));
     if (bias)

@@ -2,8 +2,8 @@
 // op, the way inference engines run a ResNet:
 //   z = conv2d(x, W) + b,   y = relu?((z - mean_c) * a_c + beta_c + residual?),
 //   a_c = gamma_c / sqrt(var_c + eps).
-// The tail runs in place on the convolution's output, in one pass, where the separate ops make
-// three passes that each write a new tensor. The batch norm's tensors are constants of the op
+// The tail is applied by the convolution's lowering to each block of outputs as it writes them
+// (detail::ConvTail), where the separate ops make three passes that each write a new tensor. The batch norm's tensors are constants of the op
 // (no gradient reaches them); nn::conv_batch_norm chooses it only where that holds.
 #pragma once
 
@@ -51,25 +51,14 @@ Var<T> conv2d_batch_norm(const Var<T>& x, const Var<T>& weight, const Var<T>& bi
     std::vector<T> a, b;
     detail::channel_affine(bn.gamma, bn.beta, inv_std, a, b);
 
-    Tensor<T> y = detail::conv2d_forward(x.value(), weight.value(),
-                                         bias ? &bias.value() : nullptr, g, options.groups);
-    T* ys = y.data();
-    const T* rs = residual ? residual.value().data() : nullptr;
-    detail::parallel_for(batch * channels, y.size() >= detail::parallel_grain, [&](index_t item, int) {
-        const std::size_t k = static_cast<std::size_t>(item % channels);
-        auto v = detail::array(ys + item * plane, plane);
-        const auto normalised = (v - mean[k]) * a[k] + b[k];
-        const auto tail = [&](const auto& value) {
-            if (relu)
-                v = value.max(T(0));
-            else
-                v = value;
-        };
-        if (rs)
-            tail(normalised + detail::array(rs + item * plane, plane));
-        else
-            tail(normalised);
-    });
+    detail::ConvTail<T> tail;
+    if (bias) tail.bias = bias.value().data();
+    tail.mean = mean.data();
+    tail.scale = a.data();
+    tail.shift = b.data();
+    if (residual) tail.residual = residual.value().data();
+    tail.relu = relu;
+    Tensor<T> y = detail::conv2d_forward(x.value(), weight.value(), tail, g, options.groups);
 
     const bool has_bias = static_cast<bool>(bias);
     const std::size_t residual_at = has_bias ? 3 : 2;
