@@ -156,8 +156,9 @@ TEST_CASE("gradient: conv2d") {
     }
     // 3x3 with unit stride and 16+ channels: Winograd both ways (the weight gradient stays on
     // im2col, so it checks the forward independently). Odd output sizes leave partial tiles at
-    // the edges. Outputs of 28x28 to 64x64 take F(4x4, 3x3) with the products transposed; larger
-    // ones F(4x4, 3x3) untransposed; smaller ones F(2x2, 3x3) transposed.
+    // the edges. Outputs of 49 to 256 tiles of 4x4 outputs (28x28 to 64x64 maps, or 17x63) take
+    // F(4x4, 3x3) with the products transposed; larger ones F(4x4, 3x3) untransposed; smaller
+    // ones F(2x2, 3x3) transposed.
     SUBCASE("Winograd untransposed, padding 1, odd output 67x69") {
         check_winograd_conv("conv2d winograd untransposed", {1, 16, 67, 69}, {16, 16, 3, 3}, true,
                             {.padding = 1}, WinogradPath::untransposed, random);

@@ -153,7 +153,7 @@ TEST_CASE("ops: conv2d by Winograd F(4x4, 3x3), untransposed, equals the direct 
     }
 }
 
-TEST_CASE("ops: conv2d's four lowerings equal the direct sum, forward and back, and follow changes to the weights") {
+TEST_CASE("ops: conv2d's five lowerings equal the direct sum, forward and back, and follow changes to the weights") {
     Random random(91);
     // The product transposed with the weights packed once, the product as it is, Winograd's
     // F(4x4, 3x3), and Winograd's with its products transposed and its kernels packed once, in
@@ -176,6 +176,9 @@ TEST_CASE("ops: conv2d's four lowerings equal the direct sum, forward and back, 
         // 81 tiles of 4x4 outputs, then 56 (and 64 for the input gradient).
         {Shape{1, 16, 34, 34}, Shape{20, 16, 3, 3}, {.padding = 1}, Lowering::winograd_transposed_f4},
         {Shape{2, 20, 29, 31}, Shape{18, 20, 3, 3}, {}, Lowering::winograd_transposed_f4},
+        // 256 tiles, the most the transposed products take; the input gradient's convolution
+        // (66x66, 289 tiles) then runs untransposed.
+        {Shape{1, 16, 66, 66}, Shape{16, 16, 3, 3}, {}, Lowering::winograd_transposed_f4},
         // 16 tiles (8-row register tiles), then 25 for the input gradient and 36 (7-row ones).
         {Shape{1, 24, 7, 7}, Shape{70, 24, 3, 3}, {.padding = 1}, Lowering::winograd_transposed_f2},
         {Shape{2, 20, 10, 9}, Shape{33, 20, 3, 3}, {}, Lowering::winograd_transposed_f2},
@@ -245,7 +248,7 @@ TEST_CASE("ops: conv2d_batch_norm equals conv2d, batch_norm2d, add and relu one 
                           Case{"3x3 stride 2", {1, 6, 11, 11}, {8, 6, 3, 3}, {.stride = 2, .padding = 1}},
                           Case{"3x3 groups 2", {2, 6, 7, 6}, {8, 3, 3, 3}, {.padding = 1, .groups = 2}},
                           Case{"3x3 by im2col as it is", {2, 3, 20, 21}, {8, 3, 3, 3}, {.padding = 1}},
-                          Case{"Winograd", {1, 16, 66, 67}, {20, 16, 3, 3}, {.padding = 1}},
+                          Case{"Winograd", {2, 16, 66, 67}, {20, 16, 3, 3}, {.padding = 1}},
                           Case{"Winograd transposed F(4x4)", {2, 16, 28, 30}, {24, 16, 3, 3}, {.padding = 1}},
                           Case{"Winograd transposed", {1, 16, 14, 14}, {32, 16, 3, 3}, {.padding = 1}}}) {
         const index_t out = c.w[0];
@@ -265,25 +268,29 @@ TEST_CASE("ops: conv2d_batch_norm equals conv2d, batch_norm2d, add and relu one 
         };
         const Tensor<double> x = normal(c.x), w = normal(c.w), residual = normal(y_shape),
                              seed = normal(y_shape), gamma = normal({out}), beta = normal({out}),
-                             mean = normal({out});
+                             mean = normal({out}), bias = normal({out});
         Tensor<double> var({out});
         for (double& v : var) v = random.uniform(0.5, 2.0);
         for (const bool with_residual : {false, true})
             for (const bool with_relu : {false, true})
                 for (const ReluRule rule : {ReluRule::standard, ReluRule::guided, ReluRule::deconvnet}) {
+                    // The convolution's bias with the ReLU, so that it meets each other part.
+                    const bool with_bias = with_relu;
                     INFO(c.what << ", residual " << with_residual << ", relu " << with_relu
-                                << ", rule " << static_cast<int>(rule));
+                                << ", bias " << with_bias << ", rule " << static_cast<int>(rule));
                     Tape<double> fused_tape, tape;
                     const Var<double> xf = fused_tape.variable(x), wf = fused_tape.variable(w),
                                       rf = fused_tape.variable(residual);
                     const Var<double> fused = conv2d_batch_norm(
-                        xf, wf, Var<double>(), c.options,
+                        xf, wf, with_bias ? fused_tape.constant(bias) : Var<double>(), c.options,
                         BatchNormConstants<double>{.running_mean = mean, .running_var = var,
                                                    .gamma = &gamma, .beta = &beta},
                         with_residual ? rf : Var<double>(), with_relu);
                     const Var<double> xs = tape.variable(x), ws = tape.variable(w),
                                       rs = tape.variable(residual);
-                    Var<double> separate = batch_norm2d(conv2d(xs, ws, c.options), tape.constant(gamma),
+                    const Var<double> conv = with_bias ? conv2d(xs, ws, tape.constant(bias), c.options)
+                                                       : conv2d(xs, ws, c.options);
+                    Var<double> separate = batch_norm2d(conv, tape.constant(gamma),
                                                         tape.constant(beta), mean, var);
                     if (with_residual) separate = separate + rs;
                     if (with_relu) separate = relu(separate);
@@ -426,10 +433,11 @@ TEST_CASE("ops: gemm equals the direct sum for every tile edge, storage order an
     check_gemm<double>(130, 700, 300, true, true, false, true, random, 1e-14);
     check_gemm<float>(1100, 200, 600, true, false, false, true, random, 1e-6);
     check_gemm<double>(700, 130, 300, false, true, true, true, random, 1e-14);
-    // No more rows than one block of A (mc): B is read in place, A too when stored by columns,
-    // over several blocks of columns and of depth, with partial panels at both edges.
-    check_gemm<float>(61, 1100, 600, true, false, true, true, random, 1e-6);
-    check_gemm<double>(64, 790, 520, false, false, false, true, random, 1e-14);
+    // No more rows than one block of A (mc, 48 or more): B is read in place, A too when stored
+    // by columns, over several blocks of columns (per thread) and of depth, with partial panels
+    // at both edges.
+    check_gemm<float>(41, 3300, 600, true, false, true, true, random, 1e-6);
+    check_gemm<double>(47, 1700, 520, false, false, false, true, random, 1e-14);
     // With B packed beforehand, threads split by rows once there are enough, else by columns.
     check_gemm<float>(400, 300, 600, false, true, false, true, random, 1e-6, GemmRoute::pixel_major_packed);
     check_gemm<double>(49, 700, 300, true, true, true, true, random, 1e-14, GemmRoute::pixel_major_packed);

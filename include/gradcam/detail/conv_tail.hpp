@@ -6,7 +6,6 @@
 #pragma once
 
 #include "gradcam/detail/eigen.hpp"
-#include "gradcam/detail/parallel.hpp"
 
 namespace gradcam::detail {
 
@@ -56,12 +55,6 @@ struct ConvTail {
         }
     }
 
-    // The same for `channels` whole planes of `plane` values each, from channel 0, on threads.
-    void apply_planes(T* y, index_t channels, index_t plane) const {
-        if (empty()) return;
-        parallel_for(channels, channels * plane >= parallel_grain,
-                     [&](index_t k, int) { apply(y + k * plane, k, k * plane, plane); });
-    }
 };
 
 }  // namespace gradcam::detail

@@ -1,13 +1,15 @@
 // The matrix product C = A B (or C += A B) that convolutions are lowered to.
 //
-// On ResNet-50's convolutions (2 threads, AVX-512, a 250 GFLOP/s peak) Eigen's GEMM reaches
-// 110-165 GFLOP/s, the product below 140-187 (its micro-kernel alone, 80% of one core). It is
-// the usual blocked scheme (Goto and van de Geijn, "Anatomy of high-performance matrix
-// multiplication", TOMS 2008): A and B are copied in blocks into "packed" panels whose layout is
-// the order the inner loop reads them in, and a micro-kernel keeps an MR x NR tile of C in
-// vector registers while it runs down the shared dimension. Each thread takes a part of C (a
-// range of its columns or of its rows) and packs its own operands; nothing is shared, nothing
-// waits.
+// On ResNet-50's convolutions (2 threads, AVX-512, a 226 GFLOP/s peak at the 3.5 GHz these
+// cores run at) Eigen's GEMM reaches 110-165 GFLOP/s, the product below 170-210 (its
+// micro-kernel alone, on operands in cache, 100% of one core). It is the usual blocked scheme
+// (Goto and van de Geijn, "Anatomy of high-performance matrix multiplication", TOMS 2008): A and
+// B are copied in blocks into "packed" panels whose layout is the order the inner loop reads
+// them in, and a micro-kernel keeps an MR x NR tile of C in vector registers while it runs down
+// the shared dimension. An operand whose panels already lie in memory in that order is read in
+// place instead (A stored by columns; B stored by rows, when one block of A's rows reads each of
+// its panels only once). Each thread takes a part of C (a range of its columns or of its rows)
+// and packs its own operands; nothing is shared, nothing waits.
 //
 // Operands are strided views: the backward passes' transposed operands are packed like any
 // other. The kernel is written with GCC/Clang vector extensions, sized to the widest vector the
@@ -280,7 +282,11 @@ struct GemmKernel {
     // partial panel is packed then, with zeros past the edge. Packing reads and writes every
     // value once more: B in place makes a 64 x 256 x 3136 product (a 1x1 convolution at 56x56)
     // 10% faster on one thread.
-    static void run(const MatrixView<T>& a, const Right& b, T* c, index_t ldc, bool accumulate) {
+    // A convolution's `tail`, if any, is applied to each block of C's columns once it is final,
+    // while it is still in cache (C's rows are output channels, laid out with ldc as the tail's
+    // residual is).
+    static void run(const MatrixView<T>& a, const Right& b, T* c, index_t ldc, bool accumulate,
+                    const ConvTail<T>* tail = nullptr) {
         const index_t M = a.rows, K = a.cols, N = b.view.cols;
         const bool a_in_place = a.row_stride == 1,
                    b_in_place = !b.packed && b.view.col_stride == 1 && M <= mc;
@@ -317,12 +323,14 @@ struct GemmKernel {
                     }
                 }
             }
+            if (tail)
+                for (index_t r = 0; r < M; ++r) tail->apply(c + r * ldc + jc, r, r * ldc + jc, cols);
         }
     }
 };
 
-// For products whose C is too narrow for the default tile (Winograd's products on 14x14 tiles
-// of a 28x28 map: 196 columns, 240 with 48-wide tiles), a narrower one where there is one.
+// For products whose C is too narrow for the default tile (196 columns, say, which 48-wide tiles
+// pad to 240), a narrower one where there is one.
 template <class T>
 using NarrowGemmKernel = GemmKernel<T, gemm_vector_bytes == 64 ? 12 : gemm_default_rows, 2>;
 #endif
@@ -362,11 +370,12 @@ void eigen_gemm(const MatrixView<T>& a, const MatrixView<T>& b, T* c, index_t ld
 // c = (or +=) a b, by Kernel, each thread taking a part of C: a range of its columns when it is
 // at least as wide as tall (so each packs all of A, the smaller operand then), else a range of
 // its rows. B is a matrix, or a Kernel::PackedRight (packed) of b's shape; threads then share
-// it and split C by rows, unless it has too few rows to share out evenly. Needs K > 0.
+// it and split C by rows, unless it has too few rows to share out evenly. Needs K > 0. `tail`
+// as in Kernel::run.
 template <class Kernel, class T>
 void gemm_parts(const MatrixView<T>& a, const MatrixView<T>& b,
                 const typename Kernel::PackedRight* packed, T* c, index_t ldc, bool accumulate,
-                bool parallel) {
+                bool parallel, const ConvTail<T>* tail = nullptr) {
     const index_t M = a.rows, N = b.cols, K = a.cols;
     const bool by_columns = packed ? M < 16 * Kernel::mr : N >= M;
     const index_t unit = by_columns ? Kernel::nr : Kernel::mr;
@@ -376,38 +385,47 @@ void gemm_parts(const MatrixView<T>& a, const MatrixView<T>& b,
         const index_t first = units * part / threads * unit,
                       last = std::min(units * (part + 1) / threads * unit, by_columns ? N : M);
         if (first >= last) return;
+        ConvTail<T> part_tail;
+        if (tail) part_tail = by_columns ? tail->part(first, 0) : tail->part(first * ldc, first);
+        const ConvTail<T>* t = tail ? &part_tail : nullptr;
         if (by_columns) {
             typename Kernel::Right right{b, packed, first};
             right.view.data = packed ? nullptr : &b(0, first);
             right.view.cols = last - first;
-            Kernel::run(a, right, c + first, ldc, accumulate);
+            Kernel::run(a, right, c + first, ldc, accumulate, t);
         } else {
             MatrixView<T> a_part = a;
             a_part.data = &a(first, 0);
             a_part.rows = last - first;
             Kernel::run(a_part, typename Kernel::Right{b, packed, 0}, c + first * ldc, ldc,
-                        accumulate);
+                        accumulate, t);
         }
     });
 }
 
 template <class T>
 void gemm_parts(const MatrixView<T>& a, const MatrixView<T>& b, T* c, index_t ldc,
-                bool accumulate, bool parallel) {
-    gemm_parts<GemmKernel<T>>(a, b, nullptr, c, ldc, accumulate, parallel);
+                bool accumulate, bool parallel, const ConvTail<T>* tail = nullptr) {
+    gemm_parts<GemmKernel<T>>(a, b, nullptr, c, ldc, accumulate, parallel, tail);
 }
 #endif
 
 // c (a.rows x b.cols, rows ldc apart) = a b, or += with `accumulate`, on several threads with
-// `parallel` (none inside an OpenMP region: the caller's loop is parallel already).
+// `parallel` (none inside an OpenMP region: the caller's loop is parallel already); then a
+// convolution's `tail`, if any, applied to C's rows (its output channels).
 template <class T>
 void gemm(const MatrixView<T>& a, const MatrixView<T>& b, T* c, index_t ldc, bool accumulate,
-          bool parallel = true) {
+          bool parallel = true, const ConvTail<T>* tail = nullptr) {
     const index_t M = a.rows, N = b.cols, K = a.cols;
     if (M == 0 || N == 0) return;
+    const auto tail_after = [&] {
+        if (tail)
+            for (index_t i = 0; i < M; ++i) tail->apply(c + i * ldc, i, i * ldc, N);
+    };
     if (K == 0) {
         if (!accumulate)
             for (index_t i = 0; i < M; ++i) std::fill_n(c + i * ldc, N, T(0));
+        tail_after();
         return;
     }
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
@@ -417,16 +435,17 @@ void gemm(const MatrixView<T>& a, const MatrixView<T>& b, T* c, index_t ldc, boo
     if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
         const auto pads_little = [N](index_t nr) { return 5 * ((N + nr - 1) / nr * nr) <= 6 * N; };
         if (pads_little(GemmKernel<T>::nr)) {
-            gemm_parts(a, b, c, ldc, accumulate, parallel);
+            gemm_parts(a, b, c, ldc, accumulate, parallel, tail);
             return;
         }
         if (pads_little(NarrowGemmKernel<T>::nr)) {
-            gemm_parts<NarrowGemmKernel<T>>(a, b, nullptr, c, ldc, accumulate, parallel);
+            gemm_parts<NarrowGemmKernel<T>>(a, b, nullptr, c, ldc, accumulate, parallel, tail);
             return;
         }
     }
 #endif
     eigen_gemm(a, b, c, ldc, accumulate);
+    tail_after();
     (void)parallel;  // Eigen threads its products itself
 }
 

@@ -95,9 +95,11 @@ struct WinogradF4 {
 };
 
 // Below these channel counts the products are too thin for the transforms to pay off; below
-// this many tiles, products U_e V_e as they stand are too narrow and the transformed kernels
-// (16/9 the weights) are used too few times each to pay for making and packing them (measured
-// on ResNet and VGG layers: 28x28 outputs gain, 14x14 lose). Smaller outputs can still take
+// this many tiles of 2x2 outputs (maps under about 22x22), products U_e V_e as they stand are
+// too narrow and the transformed kernels (16/9 or 4 times the weights) are used too few times
+// each to pay for making and packing them (measured with F(2x2, 3x3) on ResNet and VGG layers:
+// 28x28 outputs gain, 14x14 lose; F(4x4, 3x3) gains at 28x28 too, VGG's 512-channel layers
+// 12.1 -> 7.9 ms with the kernels made beforehand). Smaller outputs can still take
 // Winograd with the products transposed and the kernels packed once (winograd_conv3x3_transposed).
 inline constexpr index_t winograd_min_channels = 16;
 inline constexpr index_t winograd_min_tiles = 128;
@@ -175,8 +177,8 @@ void winograd_kernels(const T* w, index_t out_channels, index_t channels, bool a
 
 // Tile rows per block of the convolution: about 2^20 values of V and M (they stay in cache
 // between the transforms and the products), but at least 256 tiles (or the whole image), over
-// which the products share each packing of the kernels. Wide layers take more for that: 512 in
-// and out channels at 28x28 hold 16 * 1024 * 196 values (13 MB of float) with F(2x2, 3x3).
+// which the products share each packing of the kernels. Wide layers take more for that: 256 in
+// and out channels at 56x56 hold 36 * 512 * 196 values (14 MB of float) with F(4x4, 3x3).
 template <class Form>
 index_t winograd_tile_rows(const ConvGeometry& g, index_t out_channels) {
     const index_t tiles_h = (g.out_h + Form::m - 1) / Form::m, tiles_w = winograd_tiles_w<Form>(g);
@@ -290,8 +292,8 @@ void winograd_conv3x3(const T* x, const ConvGeometry& g, const T* u, index_t out
 }
 
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
-// The same convolution for small outputs (28x28 maps and below), where U_e V_e would be as
-// narrow as 49 or 16 columns. The products run transposed, as conv_pixel_major's do, tiles down
+// The same convolution for outputs of up to 256 tiles (64x64 maps in F(4x4, 3x3), 32x32 in
+// F(2x2, 3x3)), where U_e V_e would be as narrow as 49 or 16 columns. The products run transposed, as conv_pixel_major's do, tiles down
 // and output channels across: M_e^T (tiles x K) = V_e^T U_e^T, with each U_e^T packed once
 // (`u_t`, for Kernel). The output transform then runs along the channels of a tile, into Y^T,
 // which is transposed back (applying `tail`). The whole image at once; the products on

@@ -168,8 +168,8 @@ std::shared_ptr<const Tensor<T>> winograd_kernels_of(const Tensor<T>& weight, bo
 }
 
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
-// Outputs of up to 256 tiles (ResNet's 56x56 maps in F(4x4, 3x3), its 28x28 and 14x14 ones in
-// either form) with kernels small enough to keep packed. Measured per layer on ResNet-50, against
+// Outputs of up to 256 tiles (ResNet's 56x56 and 28x28 maps in F(4x4, 3x3), its 14x14 and 7x7
+// ones in F(2x2, 3x3)) with kernels small enough to keep packed. Measured per layer on ResNet-50, against
 // the best other lowering: 28x28 with 128 channels 0.98 -> 0.77 ms (F(2x2, 3x3) against
 // untransposed), 14x14 with 256 channels 1.24 -> 0.64 ms (against the transposed direct product).
 inline constexpr index_t winograd_transposed_max_tiles = 256;
@@ -181,8 +181,8 @@ inline constexpr index_t winograd_transposed_small_tiles = 16;
 // F(4x4, 3x3) takes the transposed products from 49 of its tiles up (28x28 maps). Measured per
 // layer on ResNet-50, against F(2x2, 3x3): 56x56 with 64 channels 0.92 -> 0.62 ms, 28x28 with 128
 // 0.72 -> 0.41; at 14x14 (16 tiles) the two are even, at 7x7 F(2x2, 3x3) wins, 0.75 against
-// 1.04 ms. (The untransposed products, on larger maps, always take F(4x4, 3x3): 224x224 with 64
-// channels 13.9 -> 10.5 ms, 28x28 with 512 12.1 -> 7.9.)
+// 1.04 ms. (The untransposed products, on larger maps, take F(4x4, 3x3) wherever they keep its
+// kernels: 224x224 with 64 channels 13.9 -> 10.5 ms; see WinogradConvolution.)
 inline constexpr index_t winograd_f4_min_tiles = 49;
 
 // Whether the transposed products suit Form: enough tiles for it, few enough for the products,
@@ -197,13 +197,6 @@ bool winograd_transposed_fits(const ConvGeometry& g, index_t out_channels) {
            Form::positions * g.channels * out_channels <= kept_max;
 }
 
-template <class T>
-bool winograd_transposed_applies(const ConvGeometry& g, index_t out_channels) {
-    return (std::is_same_v<T, float> || std::is_same_v<T, double>) &&
-           winograd_kernel_fits(g, out_channels) &&
-           (winograd_transposed_fits<WinogradF4>(g, out_channels) ||
-            winograd_transposed_fits<WinogradF2>(g, out_channels));
-}
 
 // Winograd's transformed kernels in Form with each position's U_e^T packed for Kernel (with
 // `adjoint`, those of the input gradient's convolution), for winograd_conv3x3_transposed.
@@ -226,10 +219,26 @@ std::shared_ptr<const PackedWinogradKernels<Form, Kernel>> packed_winograd_kerne
 }
 #endif
 
+// Whether Winograd with the products transposed serves this convolution (never without the
+// library's own GEMM).
+template <class T>
+bool winograd_transposed_applies(const ConvGeometry& g, index_t out_channels) {
+#if defined(GRADCAM_DETAIL_OWN_GEMM)
+    return (std::is_same_v<T, float> || std::is_same_v<T, double>) &&
+           winograd_kernel_fits(g, out_channels) &&
+           (winograd_transposed_fits<WinogradF4>(g, out_channels) ||
+            winograd_transposed_fits<WinogradF2>(g, out_channels));
+#else
+    (void)g;
+    (void)out_channels;
+    return false;
+#endif
+}
+
 // A Winograd convolution of geometry g into out_channels planes by the kernels of `weight` (with
 // `adjoint`, the input gradient's convolution): with its products `transposed` (kernels packed
-// and kept; F(4x4, 3x3) where winograd_transposed_fits allows it), or not (F(4x4, 3x3), kernels
-// kept when small, or with `keep_large` whatever their size). For the transposed products the register tile
+// and kept; F(4x4, 3x3) where winograd_transposed_fits allows it), or not (kernels kept when
+// small, or with `keep_large` whatever their size; F(4x4, 3x3) where they are kept). For the transposed products the register tile
 // has rows to fit the tiles: 7 for 49 and 196 tiles (7x7 and 14x14 tiles), 8 for 16 (a 7x7 map
 // in F(2x2, 3x3)), where 7 would pad 16 rows to 21 (1.16 against 0.95 ms on layer4).
 template <class T>
@@ -248,7 +257,13 @@ class WinogradConvolution {
         }
 #endif
         (void)transposed;
-        use_untransposed<WinogradF4>(weight, adjoint, keep_large);
+        // F(4x4, 3x3) where its kernels are kept; where they are made on each call (VGG's wide
+        // layers in the forward), F(2x2, 3x3), whose kernels and buffers take 30 MB at most
+        // against 45, which would take VGG-16's Grad-CAM from 1.25x to 1.30x its weights.
+        if (keep_large || untransposed_kept<WinogradF4>(weight))
+            use_untransposed<WinogradF4>(weight, adjoint, keep_large);
+        else
+            use_untransposed<WinogradF2>(weight, adjoint, keep_large);
     }
 
     // y = (or += with `accumulate`) the convolution of x, then `tail` applied to it.
@@ -260,14 +275,17 @@ class WinogradConvolution {
     using Run = void (*)(const void* kernels, const T* x, const ConvGeometry& g,
                          index_t out_channels, T* y, bool accumulate, const ConvTail<T>* tail);
 
+    // Untransposed kernels are kept with the weights when small, as in every ResNet (making them
+    // costs 2% of a ResNet-50 forward); VGG's wide layers make theirs on each call, so that a
+    // Grad-CAM's memory does not grow by 16/9 or 4 times those weights.
+    template <class Form>
+    static bool untransposed_kept(const Tensor<T>& weight) {
+        return Form::positions * weight.dim(0) * weight.dim(1) <= winograd_kept_kernels_max;
+    }
+
     template <class Form>
     void use_untransposed(const Tensor<T>& weight, bool adjoint, bool keep_large) {
-        // Kept with the weights when small, as in every ResNet (making them costs 2% of a
-        // ResNet-50 forward); VGG's wide layers make theirs on each call, so that a Grad-CAM's
-        // memory does not grow by 4 times those weights.
-        const bool keep = keep_large || Form::positions * weight.dim(0) * weight.dim(1) <=
-                                            winograd_kept_kernels_max;
-        kernels_ = winograd_kernels_of<Form>(weight, adjoint, keep);
+        kernels_ = winograd_kernels_of<Form>(weight, adjoint, keep_large || untransposed_kept<Form>(weight));
         run_ = [](const void* kernels, const T* x, const ConvGeometry& g, index_t out_channels,
                   T* y, bool accumulate, const ConvTail<T>* tail) {
             T* scratch = thread_scratch<T>(winograd_scratch_size<Form>(g, out_channels));
@@ -306,6 +324,29 @@ class WinogradConvolution {
 
 namespace detail {
 
+// One image's group through im2col and the product as it is: tiles of output rows on threads,
+// each lowered into the thread's own buffer and multiplied there (with the tail applied), so
+// that the buffer, about 2^17 values, stays in that thread's cache between the two.
+template <class T>
+void conv_channel_major(const T* x, const ConvGeometry& g, const MatrixView<T>& w_g, T* y,
+                        const ConvTail<T>* tail) {
+    const int threads = parallel_threads(g.out_h, true);
+    const index_t wanted = std::max<index_t>(threads, (g.rows() * g.cols()) >> 17);
+    const index_t tiles = std::min(g.out_h, (wanted + threads - 1) / threads * threads);
+    const index_t rows_per_tile = (g.out_h + tiles - 1) / tiles;
+    parallel_for(tiles, true, [&](index_t tile, int) {
+        const index_t oh0 = tile * rows_per_tile, oh1 = std::min(g.out_h, oh0 + rows_per_tile);
+        if (oh0 >= oh1) return;
+        const index_t cols = (oh1 - oh0) * g.out_w;
+        T* col = thread_scratch<T>(g.rows() * cols);
+        im2col(x, g, col, oh0, oh1);
+        ConvTail<T> tile_tail;
+        if (tail) tile_tail = tail->part(oh0 * g.out_w, 0);
+        gemm(w_g, view(col, g.rows(), cols), y + oh0 * g.out_w, g.cols(), false, false,
+             tail ? &tile_tail : nullptr);
+    });
+}
+
 // Which lowering a convolution takes, the same way in the forward and the backward.
 struct ConvLowering {
     bool winograd_small = false;  // Winograd transposed, kernels packed and kept
@@ -317,9 +358,7 @@ template <class T>
 ConvLowering conv_lowering(const ConvGeometry& g, index_t groups, index_t out_channels) {
     ConvLowering l;
     l.rows_per_tile = tile_rows(g);
-#if defined(GRADCAM_DETAIL_OWN_GEMM)
     l.winograd_small = groups == 1 && winograd_transposed_applies<T>(g, out_channels);
-#endif
     l.winograd = groups == 1 && !l.winograd_small && winograd_applies(g, out_channels);
     return l;
 }
@@ -368,17 +407,10 @@ Tensor<T> conv2d_forward(const Tensor<T>& x, const Tensor<T>& weight, const Conv
         }
 #endif
         if (g.is_pointwise()) {
-            gemm(w_g, view(x_group, g.rows(), g.cols()), y_group, g.cols(), false);
+            gemm(w_g, view(x_group, g.rows(), g.cols()), y_group, g.cols(), false, true, t);
         } else {
-            T* col = thread_scratch<T>(g.rows() * lowering.rows_per_tile * g.out_w);
-            for (index_t oh0 = 0; oh0 < g.out_h; oh0 += lowering.rows_per_tile) {
-                const index_t oh1 = std::min(g.out_h, oh0 + lowering.rows_per_tile),
-                              cols = (oh1 - oh0) * g.out_w;
-                im2col(x_group, g, col, oh0, oh1);
-                gemm(w_g, view(col, g.rows(), cols), y_group + oh0 * g.out_w, g.cols(), false);
-            }
+            conv_channel_major(x_group, g, w_g, y_group, t);
         }
-        if (t) t->apply_planes(y_group, group_out, g.cols());
     });
     return y;
 }
@@ -402,18 +434,21 @@ Backward<T> conv2d_backward(const ConvGeometry& g, index_t groups, index_t out_c
         const bool want_b = has_bias && sink.wants(2);
         bool fresh = false;  // dx is uninitialised: assign to it rather than add
         T* dx = want_x ? sink.of(0, fresh).data() : nullptr;
-        // The input gradient by Winograd: the 3x3 convolution of dY (padded by 2 - p) back to x.
-        const bool winograd_dx = want_x && lowering.winograd && winograd_adjoint_applies(g);
-        const bool winograd_small_dx =
-            want_x && lowering.winograd_small && winograd_adjoint_applies(g);
-        if (fresh && !g.is_pointwise() && !winograd_dx && !winograd_small_dx)
-            std::fill_n(dx, xv.size(), T(0));  // col2im adds
-        // Kept with the weights whatever their size: a Grad-CAM's backward pass does not come
+        // The input gradient by Winograd where the forward took it: the 3x3 convolution of dY
+        // (padded by 2 - p) back to x, with the products transposed or not as suits that
+        // convolution's own geometry (with p = 0 it is larger than the forward's). Its kernels
+        // are kept with the weights whatever their size: a Grad-CAM's backward pass does not come
         // down to these layers, and the passes that do need memory for every activation anyway.
+        const bool winograd_dx = want_x && (lowering.winograd || lowering.winograd_small) &&
+                                 winograd_adjoint_applies(g);
+        if (fresh && !g.is_pointwise() && !winograd_dx)
+            std::fill_n(dx, xv.size(), T(0));  // col2im adds
         std::optional<WinogradConvolution<T>> adjoint_winograd;
-        if (winograd_dx || winograd_small_dx)
-            adjoint_winograd.emplace(wv, winograd_adjoint(g, group_out), g.channels, true,
-                                     winograd_small_dx, true);
+        if (winograd_dx) {
+            const ConvGeometry adjoint = winograd_adjoint(g, group_out);
+            adjoint_winograd.emplace(wv, adjoint, g.channels, true,
+                                     winograd_transposed_applies<T>(adjoint, g.channels), true);
+        }
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
         std::shared_ptr<const PackedConvWeights<T>> adjoint_packed;
         if (want_x && !adjoint_winograd && pixel_major_applies<T>(g))
