@@ -155,17 +155,12 @@ struct GemmKernel {
     }
 
     // Rows [i0, i0 + rows) and columns [k0, k0 + depth) of A, as panels of mr rows: for each k,
-    // the panel's mr values of column k (rows past the end are zeros). Read along A's memory
-    // (down its rows, or across its columns when it is stored by columns).
+    // the panel's mr values of column k (rows past the end are zeros), read along A's rows. (A
+    // stored by columns is read in place, but for a partial last panel.)
     static void pack_a(const MatrixView<T>& a, index_t i0, index_t rows, index_t k0, index_t depth,
                        T* out) {
         for (index_t ip = 0; ip < rows; ip += mr, out += mr * depth) {
             const index_t m = std::min(mr, rows - ip);
-            if (a.row_stride == 1 && m == mr) {
-                for (index_t k = 0; k < depth; ++k)
-                    std::memcpy(out + k * mr, &a(i0 + ip, k0 + k), mr * sizeof(T));
-                continue;
-            }
             for (index_t r = 0; r < m; ++r) {
                 const T* src = &a(i0 + ip + r, k0);
                 for (index_t k = 0; k < depth; ++k) out[k * mr + r] = src[k * a.col_stride];
