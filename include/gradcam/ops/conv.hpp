@@ -169,9 +169,10 @@ std::shared_ptr<const Tensor<T>> winograd_kernels_of(const Tensor<T>& weight, bo
 
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
 // Outputs of up to 256 tiles (ResNet's 56x56 and 28x28 maps in F(4x4, 3x3), its 14x14 and 7x7
-// ones in F(2x2, 3x3)) with kernels small enough to keep packed. Measured per layer on ResNet-50, against
-// the best other lowering: 28x28 with 128 channels 0.98 -> 0.77 ms (F(2x2, 3x3) against
-// untransposed), 14x14 with 256 channels 1.24 -> 0.64 ms (against the transposed direct product).
+// ones in F(2x2, 3x3)) with kernels small enough to keep packed. Measured per layer on
+// ResNet-50, against the best other lowering: 28x28 with 128 channels 0.98 -> 0.77 ms (F(2x2,
+// 3x3) against untransposed), 14x14 with 256 channels 1.24 -> 0.64 ms (against the transposed
+// direct product).
 inline constexpr index_t winograd_transposed_max_tiles = 256;
 // Outputs of up to 16 tiles (7x7 maps) keep kernels four times larger: ResNet's 512-channel
 // layer4, 1.36 -> 0.95 ms per layer, for 16 MiB kept per layer (VGG has no such layer; its
@@ -196,7 +197,6 @@ bool winograd_transposed_fits(const ConvGeometry& g, index_t out_channels) {
            tiles <= winograd_transposed_max_tiles &&
            Form::positions * g.channels * out_channels <= kept_max;
 }
-
 
 // Winograd's transformed kernels in Form with each position's U_e^T packed for Kernel (with
 // `adjoint`, those of the input gradient's convolution), for winograd_conv3x3_transposed.
@@ -238,9 +238,10 @@ bool winograd_transposed_applies(const ConvGeometry& g, index_t out_channels) {
 // A Winograd convolution of geometry g into out_channels planes by the kernels of `weight` (with
 // `adjoint`, the input gradient's convolution): with its products `transposed` (kernels packed
 // and kept; F(4x4, 3x3) where winograd_transposed_fits allows it), or not (kernels kept when
-// small, or with `keep_large` whatever their size; F(4x4, 3x3) where they are kept). For the transposed products the register tile
-// has rows to fit the tiles: 7 for 49 and 196 tiles (7x7 and 14x14 tiles), 8 for 16 (a 7x7 map
-// in F(2x2, 3x3)), where 7 would pad 16 rows to 21 (1.16 against 0.95 ms on layer4).
+// small, or with `keep_large` whatever their size; F(4x4, 3x3) where they are kept). For the
+// transposed products the register tile has rows to fit the tiles: 7 for 49 and 196 tiles (7x7
+// and 14x14 tiles), 8 for 16 (a 7x7 map in F(2x2, 3x3)), where 7 would pad 16 rows to 21 (1.16
+// against 0.95 ms on layer4).
 template <class T>
 class WinogradConvolution {
   public:
@@ -285,7 +286,8 @@ class WinogradConvolution {
 
     template <class Form>
     void use_untransposed(const Tensor<T>& weight, bool adjoint, bool keep_large) {
-        kernels_ = winograd_kernels_of<Form>(weight, adjoint, keep_large || untransposed_kept<Form>(weight));
+        const bool keep = keep_large || untransposed_kept<Form>(weight);
+        kernels_ = winograd_kernels_of<Form>(weight, adjoint, keep);
         run_ = [](const void* kernels, const T* x, const ConvGeometry& g, index_t out_channels,
                   T* y, bool accumulate, const ConvTail<T>* tail) {
             T* scratch = thread_scratch<T>(winograd_scratch_size<Form>(g, out_channels));
