@@ -113,14 +113,18 @@ inline bool winograd_kernel_fits(const ConvGeometry& g, index_t out_channels) {
            out_channels >= winograd_min_channels;
 }
 
-// The m x m output tiles of Form that cover the output, along a row and in all.
+// The m x m output tiles of Form that cover the output: along a row, down a column, in all.
 template <class Form>
 index_t winograd_tiles_w(const ConvGeometry& g) {
     return (g.out_w + Form::m - 1) / Form::m;
 }
+template <class Form>
+index_t winograd_tiles_h(const ConvGeometry& g) {
+    return (g.out_h + Form::m - 1) / Form::m;
+}
 template <class Form = WinogradF2>
 index_t winograd_tiles(const ConvGeometry& g) {
-    return (g.out_h + Form::m - 1) / Form::m * winograd_tiles_w<Form>(g);
+    return winograd_tiles_h<Form>(g) * winograd_tiles_w<Form>(g);
 }
 
 inline bool winograd_applies(const ConvGeometry& g, index_t out_channels) {
@@ -181,7 +185,7 @@ void winograd_kernels(const T* w, index_t out_channels, index_t channels, bool a
 // and out channels at 56x56 hold 36 * 512 * 196 values (14 MB of float) with F(4x4, 3x3).
 template <class Form>
 index_t winograd_tile_rows(const ConvGeometry& g, index_t out_channels) {
-    const index_t tiles_h = (g.out_h + Form::m - 1) / Form::m, tiles_w = winograd_tiles_w<Form>(g);
+    const index_t tiles_h = winograd_tiles_h<Form>(g), tiles_w = winograd_tiles_w<Form>(g);
     const index_t per_row = Form::positions * (g.channels + out_channels) * tiles_w;
     const index_t min_rows = (256 + tiles_w - 1) / tiles_w;
     return std::clamp<index_t>(std::max((index_t(1) << 20) / per_row, min_rows), 1, tiles_h);
@@ -244,7 +248,7 @@ void winograd_conv3x3(const T* x, const ConvGeometry& g, const T* u, index_t out
                       bool accumulate, T* scratch, const ConvTail<T>* tail = nullptr) {
     constexpr index_t m = Form::m, t = Form::t, positions = Form::positions;
     const index_t C = g.channels, K = out_channels;
-    const index_t tiles_h = (g.out_h + m - 1) / m, tiles_w = winograd_tiles_w<Form>(g);
+    const index_t tiles_h = winograd_tiles_h<Form>(g), tiles_w = winograd_tiles_w<Form>(g);
     const index_t rows_per_block = winograd_tile_rows<Form>(g, K);
     for (index_t ty0 = 0; ty0 < tiles_h; ty0 += rows_per_block) {
         const index_t ty1 = std::min(tiles_h, ty0 + rows_per_block), tiles = (ty1 - ty0) * tiles_w;
@@ -310,7 +314,7 @@ void winograd_conv3x3_transposed(const T* x, const ConvGeometry& g,
     T* v = thread_scratch<T>(positions * (C + ld) * tiles);  // V[e][c][tile]
     T* products = v + positions * C * tiles;                 // M^T[e][tile][k]
     T* y_t = thread_scratch<T, 3>(g.out_h * g.out_w * ld);   // Y^T[pixel][k]
-    winograd_input_transform<Form>(x, g, 0, (g.out_h + m - 1) / m, v, true);
+    winograd_input_transform<Form>(x, g, 0, winograd_tiles_h<Form>(g), v, true);
 
     const MatrixView<T> u_shape{nullptr, C, K, 1, C};
     parallel_for(positions, true, [&](index_t e, int) {
