@@ -18,6 +18,7 @@
 #include "gradcam/detail/gemm.hpp"
 #include "gradcam/detail/im2col.hpp"
 #include "gradcam/detail/parallel.hpp"
+#include "gradcam/detail/vectorize.hpp"
 
 namespace gradcam::detail {
 
@@ -198,40 +199,53 @@ index_t winograd_scratch_size(const ConvGeometry& g, index_t out_channels) {
 }
 
 // V[e][c][tile] = B^T d B for the tiles of tile rows [ty0, ty1) of the g.channels planes x, zero
-// outside the input. A row of tiles at a time, so the loops run along whole rows and vectorise:
-// first B^T combines the tile row's t input rows, then B their columns, m apart per tile.
+// outside the input. Each thread takes a range of channels, one at a time: the channel's rows
+// under the tiles are copied into a zero-padded plane (its zeros written once per thread, they
+// lie in the same places for every channel); then B^T combines each tile row's t rows along
+// whole rows; then B combines the columns of each tile, m apart, one output position at a time
+// over all the channel's tiles, so that V's rows are written in one run each rather than a tile
+// row's few values at a time. (Against a tile row at a time, each padded row built for it: 56x56
+// and 28x28 maps in F(4x4, 3x3) about 40% faster, 224x224 in F(2x2, 3x3) 2x.)
 template <class Form, class T>
 void winograd_input_transform(const T* x, const ConvGeometry& g, index_t ty0, index_t ty1, T* v,
                               bool parallel) {
     constexpr index_t m = Form::m, t = Form::t;
     const index_t C = g.channels, tiles_w = winograd_tiles_w<Form>(g), tiles = (ty1 - ty0) * tiles_w;
-    parallel_for(C, parallel, [&](index_t c, int) {
-        const index_t span = m * tiles_w + 2;  // input columns -pad_w .. under the tile row
-        std::vector<T> buffer(2 * t * span);
-        T* d = buffer.data();             // the t input rows, zero-padded
-        T* bd = buffer.data() + t * span;  // B^T d
-        const T* plane = x + c * g.height * g.width;
-        // The input's columns go to [pad_w, width + pad_w) of a row buffer (they fit: span >=
-        // out_w + 2 = width + 2 pad_w).
-        for (index_t ty = ty0; ty < ty1; ++ty) {
-            for (index_t a = 0; a < t; ++a) {
-                T* row = d + a * span;
-                const index_t ih = m * ty - g.pad_h + a;
-                std::fill_n(row, span, T(0));
-                if (ih >= 0 && ih < g.height)
-                    std::copy_n(plane + ih * g.width, g.width, row + g.pad_w);
+    const index_t tile_rows = ty1 - ty0, padded_rows = m * tile_rows + (t - m);
+    const index_t span = m * tiles_w + (t - m);  // input columns -pad_w .. under a tile row
+    const index_t e_stride = C * tiles;
+    // Padded row r holds input row m * ty0 - pad_h + r, its columns at [pad_w, width + pad_w)
+    // (they fit: span >= out_w + 2 = width + 2 pad_w).
+    const index_t first_row = std::max<index_t>(0, g.pad_h - m * ty0);
+    const index_t last_row = std::min(padded_rows, g.height + g.pad_h - m * ty0);
+    const int threads = parallel_threads(C, parallel);
+    parallel_for(threads, threads > 1, [&](index_t part, int) {
+        T* padded = thread_scratch<T, 4>((padded_rows + tile_rows * t) * span);
+        T* d = padded + padded_rows * span;  // d[tile row][a][column] = B^T d
+        std::fill_n(padded, padded_rows * span, T(0));
+        for (index_t c = C * part / threads; c < C * (part + 1) / threads; ++c) {
+            const T* plane = x + c * g.height * g.width + (m * ty0 - g.pad_h) * g.width;
+            for (index_t r = first_row; r < last_row; ++r)
+                std::copy_n(plane + r * g.width, g.width, padded + r * span + g.pad_w);
+            for (index_t ty = 0; ty < tile_rows; ++ty) {
+                const T* in = padded + m * ty * span;
+                T* out = d + ty * t * span;
+                GRADCAM_INDEPENDENT_ITERATIONS
+                for (index_t j = 0; j < span; ++j)
+                    Form::template input<T>([=](index_t a) { return in[a * span + j]; },
+                                            [=](index_t a, T value) { out[a * span + j] = value; });
             }
-            for (index_t j = 0; j < span; ++j)
-                Form::template input<T>([&](index_t a) { return d[a * span + j]; },
-                                        [&](index_t a, T value) { bd[a * span + j] = value; });
-            T* out = v + c * tiles + (ty - ty0) * tiles_w;
-            const index_t e_stride = C * tiles;
             for (index_t a = 0; a < t; ++a) {
-                const T* row = bd + a * span;
-                T* va = out + a * t * e_stride;
-                for (index_t tx = 0; tx < tiles_w; ++tx)
-                    Form::template input<T>([&](index_t b) { return row[m * tx + b]; },
-                                            [&](index_t b, T value) { va[b * e_stride + tx] = value; });
+                T* va = v + a * t * e_stride + c * tiles;
+                for (index_t ty = 0; ty < tile_rows; ++ty) {
+                    const T* row = d + (ty * t + a) * span;
+                    T* out = va + ty * tiles_w;
+                    GRADCAM_INDEPENDENT_ITERATIONS
+                    for (index_t tx = 0; tx < tiles_w; ++tx)
+                        Form::template input<T>(
+                            [=](index_t b) { return row[m * tx + b]; },
+                            [=](index_t b, T value) { out[b * e_stride + tx] = value; });
+                }
             }
         }
     });
