@@ -445,18 +445,21 @@ TEST_CASE("ops: gemm equals the direct sum for every tile edge, storage order an
 }
 
 TEST_CASE("ops: max_pool2d gives the same values with and without a recorded backward") {
-    // Constants take the values-only loop, variables the one that keeps each argmax.
+    // Constants take the values-only loop, variables the one that keeps each argmax. Odd and
+    // even widths: the values-only loop splits rows into even and odd columns for stride 2.
     Random random(79);
-    Tensor<double> x(Shape{2, 3, 11, 13});
-    for (double& v : x) v = random.normal();
-    x[5] = std::numeric_limits<double>::quiet_NaN();
-    x[200] = std::numeric_limits<double>::quiet_NaN();
-    x[300] = -std::numeric_limits<double>::infinity();
+    for (const Shape& shape : {Shape{2, 3, 11, 13}, Shape{1, 3, 10, 12}})
     for (const Pool2dOptions& options :
          {Pool2dOptions{.kernel = 3, .stride = 2, .padding = 1}, Pool2dOptions{.kernel = 2},
           Pool2dOptions{.kernel = {2, 3}, .stride = {1, 2}, .ceil_mode = true},
           Pool2dOptions{.kernel = 3, .stride = 1, .padding = 1, .dilation = 2},
-          Pool2dOptions{.kernel = 2, .stride = 1, .padding = 1, .dilation = 7}}) {
+          Pool2dOptions{.kernel = 2, .stride = 1, .padding = 1, .dilation = 7},
+          Pool2dOptions{.kernel = 3, .stride = 3, .padding = 1}}) {
+        Tensor<double> x(shape);
+        for (double& v : x) v = random.normal();
+        x[5] = std::numeric_limits<double>::quiet_NaN();
+        x[200] = std::numeric_limits<double>::quiet_NaN();
+        x[300] = -std::numeric_limits<double>::infinity();
         Tape<double> tape;
         const Tensor<double> values = max_pool2d(tape.constant(x), options).value();
         const Tensor<double> recorded = max_pool2d(tape.variable(x), options).value();
