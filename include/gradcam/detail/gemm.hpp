@@ -52,29 +52,72 @@ MatrixView<T> view(const T* data, index_t rows, index_t cols, index_t stride) {
     return {data, rows, cols, stride, 1};
 }
 
-// dst (cols x rows) = src^T, or += with `accumulate`; src's rows are ld apart. By blocks of 64
-// of dst's rows and 512 of its columns on threads: 64 channels (one block of rows) of a 56x56 map
-// still give 7 blocks. A convolution's `tail`, if any, is applied to each block as it is
-// written (dst's rows are its output channels).
+// dst (cols x rows, rows dst_ld apart) = src^T (src's rows ld apart), or += with `accumulate`.
+template <class T>
+void transpose_block(const T* src, index_t rows, index_t cols, index_t ld, T* dst, index_t dst_ld,
+                     bool accumulate) {
+    auto out = matrix(dst, cols, rows, dst_ld);
+    const auto in = matrix(src, rows, cols, ld).transpose();
+    if (accumulate)
+        out += in;
+    else
+        out = in;
+}
+
+// Transposes go by blocks of 64 of dst's rows and 512 of its columns.
+inline constexpr index_t transpose_rows = 64, transpose_cols = 512;
+
+// dst (cols x rows) = src^T, or += with `accumulate`; src's rows are ld apart. By blocks on
+// threads: 64 channels (one block of rows) of a 56x56 map still give 7 blocks. A convolution's
+// `tail`, if any, is applied to each block as it is written (dst's rows are its output channels).
 template <class T>
 void transpose_into(const T* src, index_t rows, index_t cols, index_t ld, T* dst, bool accumulate,
                     const ConvTail<T>* tail = nullptr) {
-    const index_t block = 64, span = 512;
-    const index_t col_blocks = (cols + block - 1) / block, row_blocks = (rows + span - 1) / span;
+    const index_t col_blocks = (cols + transpose_rows - 1) / transpose_rows;
+    const index_t row_blocks = (rows + transpose_cols - 1) / transpose_cols;
     parallel_for(col_blocks * row_blocks, rows * cols >= parallel_grain, [&](index_t b, int) {
-        const index_t c0 = b / row_blocks * block, count = std::min(block, cols - c0);
-        const index_t r0 = b % row_blocks * span, length = std::min(span, rows - r0);
-        auto out = matrix(dst + c0 * rows + r0, count, length, rows);
-        const auto in = matrix(src + r0 * ld + c0, length, count, ld).transpose();
-        if (accumulate)
-            out += in;
-        else
-            out = in;
+        const index_t c0 = b / row_blocks * transpose_rows, count = std::min(transpose_rows, cols - c0);
+        const index_t r0 = b % row_blocks * transpose_cols, length = std::min(transpose_cols, rows - r0);
+        transpose_block(src + r0 * ld + c0, length, count, ld, dst + c0 * rows + r0, rows, accumulate);
         if (tail)
             for (index_t c = c0; c < c0 + count; ++c)
                 tail->apply(dst + c * rows + r0, c, c * rows + r0, length);
     });
 }
+
+// Where a product computed transposed, C = Y^T (pixels x output channels), puts each block of C
+// once it is final: transposed into y (output channels of `pixels` values each), or added there
+// with `accumulate`, and a convolution's `tail` (of the whole image's group) applied, while the
+// block is still in the cache of the thread that computed it. first_pixel and first_channel
+// place C's first row and column in y.
+template <class T>
+struct TransposedOutput {
+    T* y = nullptr;
+    index_t pixels = 0, first_pixel = 0, first_channel = 0;
+    bool accumulate = false;
+    const ConvTail<T>* tail = nullptr;
+
+    TransposedOutput part(index_t pixel, index_t channel) const {
+        TransposedOutput p = *this;
+        p.first_pixel += pixel;
+        p.first_channel += channel;
+        return p;
+    }
+
+    // C's rows [0, rows) and columns [col0, col0 + cols); C's rows are ldc apart.
+    void write(const T* c, index_t ldc, index_t rows, index_t col0, index_t cols) const {
+        for (index_t j0 = 0; j0 < cols; j0 += transpose_rows)
+            for (index_t i0 = 0; i0 < rows; i0 += transpose_cols) {
+                const index_t n = std::min(transpose_rows, cols - j0), m = std::min(transpose_cols, rows - i0);
+                const index_t k0 = first_channel + col0 + j0, p0 = first_pixel + i0;
+                transpose_block(c + i0 * ldc + col0 + j0, m, n, ldc, y + k0 * pixels + p0, pixels,
+                                accumulate);
+                if (tail)
+                    for (index_t k = k0; k < k0 + n; ++k)
+                        tail->apply(y + k * pixels + p0, k, k * pixels + p0, m);
+            }
+    }
+};
 
 // Rows of a transposed product's result a little longer than `cols`: at a power-of-two stride
 // the transpose back would read lines that all fall into the same cache set.
@@ -281,9 +324,10 @@ struct GemmKernel {
     // 10% faster on one thread.
     // A convolution's `tail`, if any, is applied to each block of C's columns once it is final,
     // while it is still in cache (C's rows are output channels, laid out with ldc as the tail's
-    // residual is).
+    // residual is); for a product computed transposed, `transposed` writes the block instead.
     static void run(const MatrixView<T>& a, const Right& b, T* c, index_t ldc, bool accumulate,
-                    const ConvTail<T>* tail = nullptr) {
+                    const ConvTail<T>* tail = nullptr,
+                    const TransposedOutput<T>* transposed = nullptr) {
         const index_t M = a.rows, K = a.cols, N = b.view.cols;
         const bool a_in_place = a.row_stride == 1,
                    b_in_place = !b.packed && b.view.col_stride == 1 && M <= mc;
@@ -320,7 +364,9 @@ struct GemmKernel {
                     }
                 }
             }
-            if (tail)
+            if (transposed)
+                transposed->write(c, ldc, M, jc, cols);
+            else if (tail)
                 for (index_t r = 0; r < M; ++r) tail->apply(c + r * ldc + jc, r, r * ldc + jc, cols);
         }
     }
@@ -368,11 +414,12 @@ void eigen_gemm(const MatrixView<T>& a, const MatrixView<T>& b, T* c, index_t ld
 // at least as wide as tall (so each packs all of A, the smaller operand then), else a range of
 // its rows. B is a matrix, or a Kernel::PackedRight (packed) of b's shape; threads then share
 // it and split C by rows, unless it has too few rows to share out evenly. Needs K > 0. `tail`
-// as in Kernel::run.
+// and `transposed` as in Kernel::run.
 template <class Kernel, class T>
 void gemm_parts(const MatrixView<T>& a, const MatrixView<T>& b,
                 const typename Kernel::PackedRight* packed, T* c, index_t ldc, bool accumulate,
-                bool parallel, const ConvTail<T>* tail = nullptr) {
+                bool parallel, const std::type_identity_t<ConvTail<T>>* tail = nullptr,
+                const std::type_identity_t<TransposedOutput<T>>* transposed = nullptr) {
     const index_t M = a.rows, N = b.cols, K = a.cols;
     const bool by_columns = packed ? M < 16 * Kernel::mr : N >= M;
     const index_t unit = by_columns ? Kernel::nr : Kernel::mr;
@@ -385,17 +432,20 @@ void gemm_parts(const MatrixView<T>& a, const MatrixView<T>& b,
         ConvTail<T> part_tail;
         if (tail) part_tail = by_columns ? tail->part(first, 0) : tail->part(first * ldc, first);
         const ConvTail<T>* t = tail ? &part_tail : nullptr;
+        TransposedOutput<T> part_out;
+        if (transposed) part_out = by_columns ? transposed->part(0, first) : transposed->part(first, 0);
+        const TransposedOutput<T>* out = transposed ? &part_out : nullptr;
         if (by_columns) {
             typename Kernel::Right right{b, packed, first};
             right.view.data = packed ? nullptr : &b(0, first);
             right.view.cols = last - first;
-            Kernel::run(a, right, c + first, ldc, accumulate, t);
+            Kernel::run(a, right, c + first, ldc, accumulate, t, out);
         } else {
             MatrixView<T> a_part = a;
             a_part.data = &a(first, 0);
             a_part.rows = last - first;
             Kernel::run(a_part, typename Kernel::Right{b, packed, 0}, c + first * ldc, ldc,
-                        accumulate, t);
+                        accumulate, t, out);
         }
     });
 }

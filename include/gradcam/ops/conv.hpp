@@ -111,26 +111,29 @@ std::shared_ptr<const PackedConvWeights<T>> packed_conv_weights(const Tensor<T>&
 }
 
 // One image's group: y (group_out x pixels) = (im2col(x)^T W^T)^T, by tiles of output rows,
-// with `tail` applied as it is transposed back.
+// each block of the product transposed back (with `tail` applied) by the thread that computed it.
 template <class T>
 void conv_pixel_major(const T* x, const ConvGeometry& g, const typename PixelMajorKernel<T>::PackedRight& w_t,
                       index_t group_out, index_t rows_per_tile, T* y, const ConvTail<T>* tail) {
     const index_t ld = padded_stride<T>(group_out);
-    T* y_t = thread_scratch<T, 3>(g.cols() * ld);
     const MatrixView<T> w_shape{nullptr, g.rows(), group_out, 1, g.rows()};
+    const TransposedOutput<T> out{y, g.cols(), 0, 0, false, tail};
     if (g.is_pointwise()) {
+        T* y_t = thread_scratch<T, 3>(g.cols() * ld);
         gemm_parts<PixelMajorKernel<T>>(view(x, g.rows(), g.cols()).transposed(), w_shape, &w_t, y_t, ld,
-                                        false, true);
-    } else {
-        T* col = thread_scratch<T>(g.rows() * rows_per_tile * g.out_w);
-        for (index_t oh0 = 0; oh0 < g.out_h; oh0 += rows_per_tile) {
-            const index_t oh1 = std::min(g.out_h, oh0 + rows_per_tile), cols = (oh1 - oh0) * g.out_w;
-            im2col(x, g, col, oh0, oh1);
-            gemm_parts<PixelMajorKernel<T>>(view(col, g.rows(), cols).transposed(), w_shape, &w_t,
-                                            y_t + oh0 * g.out_w * ld, ld, false, true);
-        }
+                                        false, true, nullptr, &out);
+        return;
     }
-    transpose_into(y_t, g.cols(), group_out, ld, y, false, tail);
+    const index_t tile_pixels = std::min(g.out_h, rows_per_tile) * g.out_w;
+    T* y_t = thread_scratch<T, 3>(tile_pixels * ld);
+    T* col = thread_scratch<T>(g.rows() * tile_pixels);
+    for (index_t oh0 = 0; oh0 < g.out_h; oh0 += rows_per_tile) {
+        const index_t oh1 = std::min(g.out_h, oh0 + rows_per_tile), cols = (oh1 - oh0) * g.out_w;
+        im2col(x, g, col, oh0, oh1);
+        const TransposedOutput<T> tile_out = out.part(oh0 * g.out_w, 0);
+        gemm_parts<PixelMajorKernel<T>>(view(col, g.rows(), cols).transposed(), w_shape, &w_t, y_t,
+                                        ld, false, true, nullptr, &tile_out);
+    }
 }
 
 // Its input gradient, dx += col2im((dY^T W)^T) with W packed as its adjoint; for a pointwise
@@ -141,13 +144,14 @@ void conv_pixel_major_adjoint(const T* dy, const ConvGeometry& g, const typename
                               index_t group_out, T* dx, bool accumulate) {
     const index_t ld = padded_stride<T>(g.rows());
     T* dcol_t = thread_scratch<T, 3>(g.cols() * ld);
-    gemm_parts<PixelMajorKernel<T>>(view(dy, group_out, g.cols()).transposed(),
-                                    MatrixView<T>{nullptr, group_out, g.rows(), g.rows(), 1}, &w,
-                                    dcol_t, ld, false, true);
+    const MatrixView<T> dy_t = view(dy, group_out, g.cols()).transposed();
+    const MatrixView<T> w_shape{nullptr, group_out, g.rows(), g.rows(), 1};
     if (g.is_pointwise()) {
-        transpose_into(dcol_t, g.cols(), g.rows(), ld, dx, accumulate);
+        const TransposedOutput<T> out{dx, g.cols(), 0, 0, accumulate, nullptr};
+        gemm_parts<PixelMajorKernel<T>>(dy_t, w_shape, &w, dcol_t, ld, false, true, nullptr, &out);
         return;
     }
+    gemm_parts<PixelMajorKernel<T>>(dy_t, w_shape, &w, dcol_t, ld, false, true);
     col2im_add_transposed(dcol_t, ld, g, dx);
 }
 #endif
