@@ -52,39 +52,6 @@ MatrixView<T> view(const T* data, index_t rows, index_t cols, index_t stride) {
     return {data, rows, cols, stride, 1};
 }
 
-// dst (cols x rows, rows dst_ld apart) = src^T (src's rows ld apart), or += with `accumulate`.
-template <class T>
-void transpose_block(const T* src, index_t rows, index_t cols, index_t ld, T* dst, index_t dst_ld,
-                     bool accumulate) {
-    auto out = matrix(dst, cols, rows, dst_ld);
-    const auto in = matrix(src, rows, cols, ld).transpose();
-    if (accumulate)
-        out += in;
-    else
-        out = in;
-}
-
-// Transposes go by blocks of 64 of dst's rows and 512 of its columns.
-inline constexpr index_t transpose_rows = 64, transpose_cols = 512;
-
-// dst (cols x rows) = src^T, or += with `accumulate`; src's rows are ld apart. By blocks on
-// threads: 64 channels (one block of rows) of a 56x56 map still give 7 blocks. A convolution's
-// `tail`, if any, is applied to each block as it is written (dst's rows are its output channels).
-template <class T>
-void transpose_into(const T* src, index_t rows, index_t cols, index_t ld, T* dst, bool accumulate,
-                    const ConvTail<T>* tail = nullptr) {
-    const index_t col_blocks = (cols + transpose_rows - 1) / transpose_rows;
-    const index_t row_blocks = (rows + transpose_cols - 1) / transpose_cols;
-    parallel_for(col_blocks * row_blocks, rows * cols >= parallel_grain, [&](index_t b, int) {
-        const index_t c0 = b / row_blocks * transpose_rows, count = std::min(transpose_rows, cols - c0);
-        const index_t r0 = b % row_blocks * transpose_cols, length = std::min(transpose_cols, rows - r0);
-        transpose_block(src + r0 * ld + c0, length, count, ld, dst + c0 * rows + r0, rows, accumulate);
-        if (tail)
-            for (index_t c = c0; c < c0 + count; ++c)
-                tail->apply(dst + c * rows + r0, c, c * rows + r0, length);
-    });
-}
-
 // Where a product computed transposed, C = Y^T (pixels x output channels), puts each block of C
 // once it is final: transposed into y (output channels of `pixels` values each), or added there
 // with `accumulate`, and a convolution's `tail` (of the whole image's group) applied, while the
@@ -92,6 +59,9 @@ void transpose_into(const T* src, index_t rows, index_t cols, index_t ld, T* dst
 // place C's first row and column in y.
 template <class T>
 struct TransposedOutput {
+    // Transposes go by blocks of 64 channels and 512 pixels.
+    static constexpr index_t block_channels = 64, block_pixels = 512;
+
     T* y = nullptr;
     index_t pixels = 0, first_pixel = 0, first_channel = 0;
     bool accumulate = false;
@@ -106,18 +76,41 @@ struct TransposedOutput {
 
     // C's rows [0, rows) and columns [col0, col0 + cols); C's rows are ldc apart.
     void write(const T* c, index_t ldc, index_t rows, index_t col0, index_t cols) const {
-        for (index_t j0 = 0; j0 < cols; j0 += transpose_rows)
-            for (index_t i0 = 0; i0 < rows; i0 += transpose_cols) {
-                const index_t n = std::min(transpose_rows, cols - j0), m = std::min(transpose_cols, rows - i0);
+        for (index_t j0 = 0; j0 < cols; j0 += block_channels)
+            for (index_t i0 = 0; i0 < rows; i0 += block_pixels) {
+                const index_t n = std::min(block_channels, cols - j0), m = std::min(block_pixels, rows - i0);
                 const index_t k0 = first_channel + col0 + j0, p0 = first_pixel + i0;
-                transpose_block(c + i0 * ldc + col0 + j0, m, n, ldc, y + k0 * pixels + p0, pixels,
-                                accumulate);
+                auto out = matrix(y + k0 * pixels + p0, n, m, pixels);
+                const auto in = matrix(c + i0 * ldc + col0 + j0, m, n, ldc).transpose();
+                if (accumulate)
+                    out += in;
+                else
+                    out = in;
                 if (tail)
                     for (index_t k = k0; k < k0 + n; ++k)
                         tail->apply(y + k * pixels + p0, k, k * pixels + p0, m);
             }
     }
 };
+
+// dst (cols x rows) = src^T, or += with `accumulate`; src's rows are ld apart. By the blocks
+// TransposedOutput writes, on threads: 64 channels (one block) of a 56x56 map still give 7. A
+// convolution's `tail`, if any, is applied to each block as it is written (dst's rows are its
+// output channels).
+template <class T>
+void transpose_into(const T* src, index_t rows, index_t cols, index_t ld, T* dst, bool accumulate,
+                    const ConvTail<T>* tail = nullptr) {
+    using Output = TransposedOutput<T>;
+    const index_t col_blocks = (cols + Output::block_channels - 1) / Output::block_channels;
+    const index_t row_blocks = (rows + Output::block_pixels - 1) / Output::block_pixels;
+    parallel_for(col_blocks * row_blocks, rows * cols >= parallel_grain, [&](index_t b, int) {
+        const index_t c0 = b / row_blocks * Output::block_channels;
+        const index_t r0 = b % row_blocks * Output::block_pixels;
+        Output{dst, rows, r0, 0, accumulate, tail}.write(src + r0 * ld, ld,
+                                                         std::min(Output::block_pixels, rows - r0), c0,
+                                                         std::min(Output::block_channels, cols - c0));
+    });
+}
 
 // Rows of a transposed product's result a little longer than `cols`: at a power-of-two stride
 // the transpose back would read lines that all fall into the same cache set.
