@@ -169,6 +169,10 @@ TEST_CASE("ops: conv2d's five lowerings equal the direct sum, forward and back, 
         {Shape{2, 16, 9, 11}, Shape{40, 8, 3, 3}, {.stride = 2, .padding = 1, .groups = 2}, Lowering::pixel_major},
         {Shape{2, 64, 6, 5}, Shape{36, 64, 1, 1}, {}, Lowering::pixel_major},
         {Shape{1, 32, 13, 12}, Shape{10, 32, 1, 1}, {.stride = 2}, Lowering::pixel_major},
+        // Enough pixels (132) that the threads split the product by rows of pixels.
+        {Shape{1, 80, 12, 11}, Shape{40, 80, 1, 1}, {}, Lowering::pixel_major},
+        // An im2col buffer of over 2^21 values: two tiles of output rows (30, then 2).
+        {Shape{1, 240, 64, 64}, Shape{16, 240, 3, 3}, {.stride = 2, .padding = 1}, Lowering::pixel_major},
         {Shape{1, 4, 20, 23}, Shape{10, 2, 3, 2}, {.padding = {1, 2}, .dilation = 2, .groups = 2}, Lowering::channel_major},
         {Shape{2, 3, 40, 36}, Shape{20, 3, 5, 5}, {.stride = 2, .padding = 2}, Lowering::channel_major},
         {Shape{1, 8, 33, 33}, Shape{12, 8, 1, 1}, {}, Lowering::channel_major},
