@@ -204,8 +204,9 @@ index_t winograd_scratch_size(const ConvGeometry& g, index_t out_channels) {
 // lie in the same places for every channel); then B^T combines each tile row's t rows along
 // whole rows; then B combines the columns of each tile, m apart, one output position at a time
 // over all the channel's tiles, so that V's rows are written in one run each rather than a tile
-// row's few values at a time. (Against a tile row at a time, each padded row built for it: 56x56
-// and 28x28 maps in F(4x4, 3x3) about 40% faster, 224x224 in F(2x2, 3x3) 2x.)
+// row's few values at a time. (Against a tile row at a time, each padded row built for it, on 2
+// threads: 64 channels of 56x56 in F(4x4, 3x3) 183 -> 85 us, 64 of 224x224 in F(2x2, 3x3) 4.4
+// -> 1.8 ms; GCC had left both passes scalar.)
 template <class Form, class T>
 void winograd_input_transform(const T* x, const ConvGeometry& g, index_t ty0, index_t ty1, T* v,
                               bool parallel) {
@@ -254,9 +255,10 @@ void winograd_input_transform(const T* x, const ConvGeometry& g, index_t ty0, in
 // y[k] (out_channels planes of g.out_h x g.out_w) = (or +=, with `accumulate`) the 3x3
 // convolution of the g.channels planes x with the kernels whose transforms winograd_kernels
 // made, with a convolution's `tail` applied to each output row as it is written. `scratch` holds
-// winograd_scratch_size(...) values. The transforms' small row buffers are vectors of their
-// own, not thread_scratch: the calling thread, which is also the first of the team, already
-// holds its scratch buffer.
+// winograd_scratch_size(...) values. The transforms' small buffers are not in thread_scratch's
+// first slot: the calling thread, which is also the first of the team, already holds
+// `scratch` there (the output transform's are vectors of their own, the input transform's
+// padded plane takes slot 4).
 template <class Form, class T>
 void winograd_conv3x3(const T* x, const ConvGeometry& g, const T* u, index_t out_channels, T* y,
                       bool accumulate, T* scratch, const ConvTail<T>* tail = nullptr) {

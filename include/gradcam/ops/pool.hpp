@@ -149,11 +149,11 @@ Var<T> max_pool2d(const Var<T>& x, const Pool2dOptions& options = {}) {
             for (index_t i = 0; i < g.kernel_h; ++i) {
                 const index_t ih = top + i * g.dilation_h;
                 if (ih < 0 || ih >= g.height) continue;
+                const T* line = in + ih * g.width;
                 for (index_t j = 0; j < g.kernel_w; ++j) {
                     const index_t offset = j * g.dilation_w - g.pad_w;
                     index_t first, last;
                     detail::valid_columns(offset, g.stride_w, g.width, g.out_w, first, last);
-                    const T* line = in + ih * g.width;
                     const std::int32_t base = static_cast<std::int32_t>(ih * g.width + offset);
                     const std::int32_t step = static_cast<std::int32_t>(g.stride_w);
                     for (index_t ow = first; ow < last; ++ow) {
