@@ -54,7 +54,6 @@ struct ConvTail {
             finish(v);
         }
     }
-
 };
 
 }  // namespace gradcam::detail

@@ -78,7 +78,8 @@ struct TransposedOutput {
     void write(const T* c, index_t ldc, index_t rows, index_t col0, index_t cols) const {
         for (index_t j0 = 0; j0 < cols; j0 += block_channels)
             for (index_t i0 = 0; i0 < rows; i0 += block_pixels) {
-                const index_t n = std::min(block_channels, cols - j0), m = std::min(block_pixels, rows - i0);
+                const index_t n = std::min(block_channels, cols - j0);
+                const index_t m = std::min(block_pixels, rows - i0);
                 const index_t k0 = first_channel + col0 + j0, p0 = first_pixel + i0;
                 auto out = matrix(y + k0 * pixels + p0, n, m, pixels);
                 const auto in = matrix(c + i0 * ldc + col0 + j0, m, n, ldc).transpose();
@@ -106,9 +107,9 @@ void transpose_into(const T* src, index_t rows, index_t cols, index_t ld, T* dst
     parallel_for(col_blocks * row_blocks, rows * cols >= parallel_grain, [&](index_t b, int) {
         const index_t c0 = b / row_blocks * Output::block_channels;
         const index_t r0 = b % row_blocks * Output::block_pixels;
-        Output{dst, rows, r0, 0, accumulate, tail}.write(src + r0 * ld, ld,
-                                                         std::min(Output::block_pixels, rows - r0), c0,
-                                                         std::min(Output::block_channels, cols - c0));
+        const index_t count = std::min(Output::block_channels, cols - c0);
+        const index_t length = std::min(Output::block_pixels, rows - r0);
+        Output{dst, rows, r0, 0, accumulate, tail}.write(src + r0 * ld, ld, length, c0, count);
     });
 }
 

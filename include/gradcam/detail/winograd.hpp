@@ -313,11 +313,11 @@ void winograd_conv3x3(const T* x, const ConvGeometry& g, const T* u, index_t out
 
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
 // The same convolution for outputs of up to 256 tiles (64x64 maps in F(4x4, 3x3), 32x32 in
-// F(2x2, 3x3)), where U_e V_e would be as narrow as 49 or 16 columns. The products run transposed, as conv_pixel_major's do, tiles down
-// and output channels across: M_e^T (tiles x K) = V_e^T U_e^T, with each U_e^T packed once
-// (`u_t`, for Kernel). The output transform then runs along the channels of a tile, into Y^T,
-// which is transposed back (applying `tail`). The whole image at once; the products on
-// separate threads.
+// F(2x2, 3x3)), where U_e V_e would be as narrow as 49 or 16 columns. The products run
+// transposed, as conv_pixel_major's do, tiles down and output channels across: M_e^T (tiles x K)
+// = V_e^T U_e^T, with each U_e^T packed once (`u_t`, for Kernel). The output transform then runs
+// along the channels of a tile, into Y^T, which is transposed back (applying `tail`). The whole
+// image at once; the products on separate threads.
 template <class Form, class Kernel, class T>
 void winograd_conv3x3_transposed(const T* x, const ConvGeometry& g,
                                  const std::vector<typename Kernel::PackedRight>& u_t,

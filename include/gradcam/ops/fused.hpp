@@ -3,8 +3,9 @@
 //   z = conv2d(x, W) + b,   y = relu?((z - mean_c) * a_c + beta_c + residual?),
 //   a_c = gamma_c / sqrt(var_c + eps).
 // The tail is applied by the convolution's lowering to each block of outputs as it writes them
-// (detail::ConvTail), where the separate ops make three passes that each write a new tensor. The batch norm's tensors are constants of the op
-// (no gradient reaches them); nn::conv_batch_norm chooses it only where that holds.
+// (detail::ConvTail), where the separate ops make three passes that each write a new tensor.
+// The batch norm's tensors are constants of the op (no gradient reaches them);
+// nn::conv_batch_norm chooses it only where that holds.
 #pragma once
 
 #include <string>
