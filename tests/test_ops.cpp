@@ -446,6 +446,34 @@ TEST_CASE("ops: gemm equals the direct sum for every tile edge, storage order an
     check_gemm<float>(400, 300, 600, false, true, false, true, random, 1e-6, GemmRoute::pixel_major_packed);
     check_gemm<double>(49, 700, 300, true, true, true, true, random, 1e-14, GemmRoute::pixel_major_packed);
     check_gemm<float>(300, 1100, 520, false, false, true, true, random, 1e-6, GemmRoute::default_packed);
+    // Wider than tall, yet split by rows: 784 columns are 17 panels, 512 rows 64 tiles.
+    check_gemm<float>(512, 784, 7, false, false, false, true, random, 1e-6);
+}
+
+TEST_CASE("ops: transpose_block moves every value, by 16 x 16 tiles and at their edges") {
+    Random random(81);
+    const auto check = [&](auto zero, index_t m, index_t n, bool accumulate) {
+        using T = decltype(zero);
+        const index_t ld_src = n + 5, ld_dst = m + 3;  // rows longer than the block
+        std::vector<T> src(static_cast<std::size_t>(m * ld_src)), dst(static_cast<std::size_t>(n * ld_dst));
+        for (T& v : src) v = static_cast<T>(random.normal());
+        for (T& v : dst) v = static_cast<T>(random.normal());
+        std::vector<T> expected = dst;
+        for (index_t i = 0; i < m; ++i)
+            for (index_t j = 0; j < n; ++j) {
+                T& e = expected[static_cast<std::size_t>(j * ld_dst + i)];
+                e = (accumulate ? e : T(0)) + src[static_cast<std::size_t>(i * ld_src + j)];
+            }
+        detail::transpose_block(src.data(), ld_src, m, n, dst.data(), ld_dst, accumulate);
+        INFO(m << " x " << n << (accumulate ? ", accumulating" : ""));
+        CHECK(dst == expected);  // the padding between rows included: untouched
+    };
+    for (const index_t m : {1, 15, 16, 17, 49, 256})
+        for (const index_t n : {1, 16, 31, 64})
+            for (const bool accumulate : {false, true}) {
+                check(0.0f, m, n, accumulate);
+                check(0.0, m, n, accumulate);
+            }
 }
 
 TEST_CASE("ops: max_pool2d gives the same values with and without a recorded backward") {

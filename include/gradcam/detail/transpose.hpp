@@ -1,0 +1,80 @@
+// Transposing a block of a matrix: how products computed pixel-major get back to channels-first.
+// With AVX-512, float goes by 16 x 16 tiles held in registers: 16 row loads, four rounds of
+// shuffles, 16 row stores. Element by element, the compiler loads one value per instruction from
+// a row 16 values away from the last (Eigen's transposed assignment did so too), and those
+// transposes took 3.5% of a ResNet-50 Grad-CAM.
+#pragma once
+
+#include <algorithm>
+#include <type_traits>
+
+#if defined(__GNUC__) && defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "gradcam/tensor.hpp"
+
+namespace gradcam::detail {
+
+#if defined(__GNUC__) && defined(__AVX512F__)
+// dst's rows 0..15 (ld_dst apart) = columns 0..15 of src's rows 0..15 (ld_src apart), or +=.
+inline void transpose_tile16(const float* src, index_t ld_src, float* dst, index_t ld_dst,
+                             bool accumulate) {
+    __m512 r[16], s[16];
+    for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ld_src);
+    // Within each 128-bit lane (columns 4L..4L+3): interleave rows 2a and 2a+1 ...
+    for (int a = 0; a < 8; ++a) {
+        s[2 * a] = _mm512_unpacklo_ps(r[2 * a], r[2 * a + 1]);      // columns 4L, 4L+1
+        s[2 * a + 1] = _mm512_unpackhi_ps(r[2 * a], r[2 * a + 1]);  // columns 4L+2, 4L+3
+    }
+    // ... then pairs of those: lane L of r[4b + e] holds column 4L+e, rows 4b..4b+3.
+    for (int b = 0; b < 4; ++b)
+        for (int half = 0; half < 2; ++half) {
+            const __m512d x = _mm512_castps_pd(s[4 * b + half]), y = _mm512_castps_pd(s[4 * b + 2 + half]);
+            r[4 * b + 2 * half] = _mm512_castpd_ps(_mm512_unpacklo_pd(x, y));
+            r[4 * b + 2 * half + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(x, y));
+        }
+    // Column 4L+e gathers lane L of r[e], r[4 + e], r[8 + e], r[12 + e]: a 4 x 4 transpose of
+    // lanes, in two rounds.
+    for (int e = 0; e < 4; ++e) {
+        const __m512 w0 = _mm512_shuffle_f32x4(r[e], r[4 + e], 0x44);      // r[e] lanes 0,1; r[4+e] 0,1
+        const __m512 w1 = _mm512_shuffle_f32x4(r[e], r[4 + e], 0xEE);      // lanes 2,3 of each
+        const __m512 w2 = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0x44);
+        const __m512 w3 = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0xEE);
+        const __m512 column[4] = {_mm512_shuffle_f32x4(w0, w2, 0x88), _mm512_shuffle_f32x4(w0, w2, 0xDD),
+                                  _mm512_shuffle_f32x4(w1, w3, 0x88), _mm512_shuffle_f32x4(w1, w3, 0xDD)};
+        for (int L = 0; L < 4; ++L) {
+            float* out = dst + (4 * L + e) * ld_dst;
+            _mm512_storeu_ps(out, accumulate ? _mm512_add_ps(_mm512_loadu_ps(out), column[L]) : column[L]);
+        }
+    }
+}
+#endif
+
+// dst (n x m, rows ld_dst apart) = src^T, or += with `accumulate`; src is m x n, rows ld_src
+// apart.
+template <class T>
+void transpose_block(const T* src, index_t ld_src, index_t m, index_t n, T* dst, index_t ld_dst,
+                     bool accumulate) {
+    index_t full_m = 0, full_n = 0;
+#if defined(__GNUC__) && defined(__AVX512F__)
+    if constexpr (std::is_same_v<T, float>) {
+        full_m = m / 16 * 16;
+        full_n = n / 16 * 16;
+        for (index_t j = 0; j < full_n; j += 16)
+            for (index_t i = 0; i < full_m; i += 16)
+                transpose_tile16(src + i * ld_src + j, ld_src, dst + j * ld_dst + i, ld_dst, accumulate);
+    }
+#endif
+    // What the tiles left: the last columns of src for every row, then its last rows.
+    const auto element = [&](index_t i, index_t j) {
+        T& out = dst[j * ld_dst + i];
+        out = accumulate ? out + src[i * ld_src + j] : src[i * ld_src + j];
+    };
+    for (index_t j = full_n; j < n; ++j)
+        for (index_t i = 0; i < m; ++i) element(i, j);
+    for (index_t j = 0; j < full_n; ++j)
+        for (index_t i = full_m; i < m; ++i) element(i, j);
+}
+
+}  // namespace gradcam::detail
