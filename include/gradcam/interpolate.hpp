@@ -52,22 +52,27 @@ Tensor<T> resize_bilinear(const Tensor<T>& maps, index_t out_h, index_t out_w) {
     const detail::LinearTaps rows = detail::linear_taps(in_h, out_h);
     const detail::LinearTaps cols = detail::linear_taps(in_w, out_w);
     const index_t planes = maps.size() / (in_h * in_w);
+    // Separably: each input row across to out_w columns once, then each output row from two of
+    // those (the same sums as the four-tap form, and whole rows that vectorise).
+    std::vector<T> across(static_cast<std::size_t>(in_h * out_w));
     for (index_t p = 0; p < planes; ++p) {
         const T* in = maps.data() + p * in_h * in_w;
         T* o = out.data() + p * out_h * out_w;
-        for (index_t y = 0; y < out_h; ++y) {
-            const std::size_t ry = static_cast<std::size_t>(y);
-            const T fy = static_cast<T>(rows.frac[ry]);
-            const T* top = in + rows.lo[ry] * in_w;
-            const T* bottom = in + rows.hi[ry] * in_w;
+        for (index_t y = 0; y < in_h; ++y)
             for (index_t x = 0; x < out_w; ++x) {
                 const std::size_t cx = static_cast<std::size_t>(x);
                 const T fx = static_cast<T>(cols.frac[cx]);
-                const index_t l = cols.lo[cx], r = cols.hi[cx];
-                const T upper = (T(1) - fx) * top[l] + fx * top[r];
-                const T lower = (T(1) - fx) * bottom[l] + fx * bottom[r];
-                o[y * out_w + x] = (T(1) - fy) * upper + fy * lower;
+                const T* row = in + y * in_w;
+                across[static_cast<std::size_t>(y * out_w + x)] =
+                    (T(1) - fx) * row[cols.lo[cx]] + fx * row[cols.hi[cx]];
             }
+        for (index_t y = 0; y < out_h; ++y) {
+            const std::size_t ry = static_cast<std::size_t>(y);
+            const T fy = static_cast<T>(rows.frac[ry]);
+            const T* upper = across.data() + rows.lo[ry] * out_w;
+            const T* lower = across.data() + rows.hi[ry] * out_w;
+            T* line = o + y * out_w;
+            for (index_t x = 0; x < out_w; ++x) line[x] = (T(1) - fy) * upper[x] + fy * lower[x];
         }
     }
     return out;
