@@ -92,9 +92,9 @@ struct TransposedOutput {
 };
 
 // dst (cols x rows) = src^T, or += with `accumulate`; src's rows are ld apart. By the blocks
-// TransposedOutput writes, on threads: 64 channels (one block) of a 56x56 map still give 7. A
-// convolution's `tail`, if any, is applied to each block as it is written (dst's rows are its
-// output channels).
+// TransposedOutput writes, on threads (64 channels of a 56x56 map give 52). A convolution's
+// `tail`, if any, is applied to each block as it is written (dst's rows are its output
+// channels).
 template <class T>
 void transpose_into(const T* src, index_t rows, index_t cols, index_t ld, T* dst, bool accumulate,
                     const ConvTail<T>* tail = nullptr) {
@@ -430,9 +430,10 @@ void gemm_parts(const MatrixView<T>& a, const MatrixView<T>& b,
                                      : 25 * by_columns_tiles < 24 * by_rows_tiles;
     const index_t unit = by_columns ? Kernel::nr : Kernel::mr;
     const index_t units = by_columns ? col_tiles : row_tiles;
-    parallel_for(threads, threads > 1, [&](index_t part, int) {
-        const index_t first = units * part / threads * unit,
-                      last = std::min(units * (part + 1) / threads * unit, by_columns ? N : M);
+    const index_t parts = std::min<index_t>(threads, units);
+    parallel_for(parts, parts > 1, [&](index_t part, int) {
+        const index_t first = units * part / parts * unit,
+                      last = std::min(units * (part + 1) / parts * unit, by_columns ? N : M);
         if (first >= last) return;
         ConvTail<T> part_tail;
         if (tail) part_tail = by_columns ? tail->part(first, 0) : tail->part(first * ldc, first);
