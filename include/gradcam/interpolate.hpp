@@ -52,25 +52,33 @@ Tensor<T> resize_bilinear(const Tensor<T>& maps, index_t out_h, index_t out_w) {
     const detail::LinearTaps rows = detail::linear_taps(in_h, out_h);
     const detail::LinearTaps cols = detail::linear_taps(in_w, out_w);
     const index_t planes = maps.size() / (in_h * in_w);
-    // Separably: each input row across to out_w columns once, then each output row from two of
-    // those (the same sums as the four-tap form, and whole rows that vectorise).
+    // Separably: each input row that an output row reads, across to out_w columns once; then
+    // each output row from two of those (the same sums as the four-tap form, and whole rows
+    // that vectorise).
     std::vector<T> across(static_cast<std::size_t>(in_h * out_w));
+    std::vector<char> done(static_cast<std::size_t>(in_h));
     for (index_t p = 0; p < planes; ++p) {
         const T* in = maps.data() + p * in_h * in_w;
         T* o = out.data() + p * out_h * out_w;
-        for (index_t y = 0; y < in_h; ++y)
-            for (index_t x = 0; x < out_w; ++x) {
-                const std::size_t cx = static_cast<std::size_t>(x);
-                const T fx = static_cast<T>(cols.frac[cx]);
-                const T* row = in + y * in_w;
-                across[static_cast<std::size_t>(y * out_w + x)] =
-                    (T(1) - fx) * row[cols.lo[cx]] + fx * row[cols.hi[cx]];
+        std::fill(done.begin(), done.end(), char(0));
+        const auto across_row = [&](index_t y) {
+            T* row = across.data() + y * out_w;
+            if (!done[static_cast<std::size_t>(y)]) {
+                const T* line = in + y * in_w;
+                for (index_t x = 0; x < out_w; ++x) {
+                    const std::size_t cx = static_cast<std::size_t>(x);
+                    const T fx = static_cast<T>(cols.frac[cx]);
+                    row[x] = (T(1) - fx) * line[cols.lo[cx]] + fx * line[cols.hi[cx]];
+                }
+                done[static_cast<std::size_t>(y)] = 1;
             }
+            return row;
+        };
         for (index_t y = 0; y < out_h; ++y) {
             const std::size_t ry = static_cast<std::size_t>(y);
             const T fy = static_cast<T>(rows.frac[ry]);
-            const T* upper = across.data() + rows.lo[ry] * out_w;
-            const T* lower = across.data() + rows.hi[ry] * out_w;
+            const T* upper = across_row(rows.lo[ry]);
+            const T* lower = across_row(rows.hi[ry]);
             T* line = o + y * out_w;
             for (index_t x = 0; x < out_w; ++x) line[x] = (T(1) - fy) * upper[x] + fy * lower[x];
         }

@@ -53,6 +53,17 @@ MatrixView<T> view(const T* data, index_t rows, index_t cols, index_t stride) {
     return {data, rows, cols, stride, 1};
 }
 
+// Translation units built for different vector widths get differently named copies of what
+// follows, so that a program mixing them cannot pair one's packing with the other's kernel, or
+// one's transposes (detail/transpose.hpp) with the other's.
+#if defined(__AVX512F__)
+inline namespace gemm_vector64 {
+#elif defined(__AVX__)
+inline namespace gemm_vector32 {
+#else
+inline namespace gemm_vector16 {
+#endif
+
 // Where a product computed transposed, C = Y^T (pixels x output channels), puts each block of C
 // once it is final: transposed into y (output channels of `pixels` values each), or added there
 // with `accumulate`, and a convolution's `tail` (of the whole image's group) applied, while the
@@ -116,16 +127,6 @@ template <class T>
 index_t padded_stride(index_t cols) {
     return cols + 64 / static_cast<index_t>(sizeof(T));
 }
-
-// Translation units built for different vector widths get differently named copies of what
-// follows, so that a program mixing them cannot pair one's packing with the other's kernel.
-#if defined(__AVX512F__)
-inline namespace gemm_vector64 {
-#elif defined(__AVX__)
-inline namespace gemm_vector32 {
-#else
-inline namespace gemm_vector16 {
-#endif
 
 #if defined(__GNUC__)
 #define GRADCAM_DETAIL_OWN_GEMM 1
@@ -403,9 +404,11 @@ void eigen_gemm(const MatrixView<T>& a, const MatrixView<T>& b, T* c, index_t ld
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
 // c = (or +=) a b, by Kernel, each thread taking a part of C: a range of its columns when it is
 // at least as wide as tall (so each packs all of A, the smaller operand then), else a range of
-// its rows. B is a matrix, or a Kernel::PackedRight (packed) of b's shape; threads then share
-// it and split C by rows, unless it has too few rows to share out evenly. Needs K > 0. `tail`
-// and `transposed` as in Kernel::run.
+// its rows, unless the other split leaves the busiest thread more than 4% fewer register tiles
+// (then each thread reads all of the operand it would have shared out). B is a matrix, or a
+// Kernel::PackedRight (packed) of b's shape; threads then share it and split C by rows, unless
+// it has too few rows to share out evenly. Needs K > 0. `tail` and `transposed` as in
+// Kernel::run.
 template <class Kernel, class T>
 void gemm_parts(const MatrixView<T>& a, const MatrixView<T>& b,
                 const typename Kernel::PackedRight* packed, T* c, index_t ldc, bool accumulate,
@@ -417,9 +420,9 @@ void gemm_parts(const MatrixView<T>& a, const MatrixView<T>& b,
     const int threads = parallel_threads(std::max(row_tiles, col_tiles),
                                          parallel && M * N * K >= (index_t(1) << 20));
     // Register tiles on the busiest thread, splitting C's columns or its rows. Without packed B
-    // the other split is taken where it is at least 4% better balanced: 784 columns are 17
-    // panels of 48, 9 and 8 on two threads, where 512 rows split evenly (128 -> 512 channels at
-    // 28x28, 0.564 -> 0.544 ms).
+    // the other split is taken where it leaves more than 4% fewer: 784 columns are 17 panels of
+    // 48, 9 and 8 on two threads, where 512 rows split evenly (128 -> 512 channels at 28x28,
+    // 0.564 -> 0.544 ms).
     const auto busiest = [threads](index_t split, index_t other) {
         return (split + threads - 1) / threads * other;
     };
