@@ -437,7 +437,6 @@ void gemm_parts(const MatrixView<T>& a, const MatrixView<T>& b,
     parallel_for(parts, parts > 1, [&](index_t part, int) {
         const index_t first = units * part / parts * unit,
                       last = std::min(units * (part + 1) / parts * unit, by_columns ? N : M);
-        if (first >= last) return;
         ConvTail<T> part_tail;
         if (tail) part_tail = by_columns ? tail->part(first, 0) : tail->part(first * ldc, first);
         const ConvTail<T>* t = tail ? &part_tail : nullptr;

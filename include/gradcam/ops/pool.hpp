@@ -91,7 +91,10 @@ Var<T> max_pool2d(const Var<T>& x, const Pool2dOptions& options = {}) {
             const T* in = xs + p * in_plane;
             for (index_t ih = 0; ih < g.height; ++ih) {
                 const T* line = in + ih * g.width;
-                if (s == 2) {  // the usual stride, spelled out so that the split vectorises
+                const T* split = phases;  // the row's phases, stride_w of them, span apart
+                if (s == 1) {
+                    split = line;  // one phase: the row as it is
+                } else if (s == 2) {  // the usual stride, spelled out so that the split vectorises
                     T* odd = phases + span;
                     GRADCAM_INDEPENDENT_ITERATIONS
                     for (index_t q = 0; q < g.width / 2; ++q) {
@@ -114,7 +117,7 @@ Var<T> max_pool2d(const Var<T>& x, const Pool2dOptions& options = {}) {
                     detail::valid_columns(offset, s, g.width, g.out_w, first, last);
                     // Column ow * s + offset is phase r at index ow + (offset - r) / s.
                     const index_t r = (offset % s + s) % s;
-                    const T* from = phases + r * span + (offset - r) / s;
+                    const T* from = split + r * span + (offset - r) / s;
                     GRADCAM_INDEPENDENT_ITERATIONS
                     for (index_t ow = first; ow < last; ++ow) row[ow] = larger(from[ow], row[ow]);
                 }
