@@ -126,9 +126,11 @@ DirectConv direct_conv2d(const Tensor<double>& x, const Tensor<double>& w, const
 
 TEST_CASE("ops: conv2d by Winograd F(4x4, 3x3), untransposed, equals the direct sum, forward and backward") {
     Random random(78);
-    // More than winograd_transposed_max_tiles tiles of 4x4 outputs, for the untransposed products.
+    // More than winograd_transposed_max_tiles tiles of 4x4 outputs, for the untransposed products;
+    // the last, 30 wide, in rows of 8 tiles (the input transform sixteen channels at a time) and
+    // two blocks of tile rows.
     for (const auto& [h, w, pad] : {std::tuple<index_t, index_t, Size2>{66, 70, 1}, {67, 63, 1},
-                                    {70, 69, 0}, {65, 71, {2, 1}}, {63, 61, 3}}) {
+                                    {70, 69, 0}, {65, 71, {2, 1}}, {63, 61, 3}, {402, 30, 1}}) {
         INFO("input " << h << "x" << w << ", padding " << pad.h << "x" << pad.w);
         Tensor<double> x(Shape{1, 20, h, w}), kernels(Shape{24, 20, 3, 3});
         for (double& v : x) v = random.normal();
@@ -137,6 +139,11 @@ TEST_CASE("ops: conv2d by Winograd F(4x4, 3x3), untransposed, equals the direct 
             detail::conv_geometry(x.shape(), kernels.shape(), nullptr, {.padding = pad});
         REQUIRE(detail::winograd_applies(g, 24));
         REQUIRE(!detail::winograd_transposed_applies<double>(g, 24));
+        if (w == 30) {
+            REQUIRE(detail::winograd_tiles_w<detail::WinogradF4>(g) == 8);
+            REQUIRE(detail::winograd_tile_rows<detail::WinogradF4>(g, 24) <
+                    detail::winograd_tiles_h<detail::WinogradF4>(g));
+        }
         Tape<double> tape;
         const Var<double> xv = tape.variable(x);
         const Var<double> y = conv2d(xv, tape.constant(kernels), {.padding = pad});

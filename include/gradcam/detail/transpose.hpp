@@ -5,6 +5,7 @@
 // of a ResNet-50 Grad-CAM.
 #pragma once
 
+#include <algorithm>
 #include <type_traits>
 
 #if defined(__GNUC__) && defined(__AVX512F__)
@@ -20,11 +21,16 @@ namespace gradcam::detail {
 #if defined(__GNUC__) && defined(__AVX512F__)
 inline namespace transpose_vector64 {
 
-// dst's rows 0..15 (ld_dst apart) = columns 0..15 of src's rows 0..15 (ld_src apart), or +=.
+// dst's rows 0..cols-1 (ld_dst apart) = columns 0..cols-1 of src's rows 0..rows-1 (ld_src
+// apart), or += with `accumulate`; rows and cols are at most 16. A partial tile reads and writes
+// through masks, so that the edges of a block go by vectors too.
 inline void transpose_tile16(const float* src, index_t ld_src, float* dst, index_t ld_dst,
-                             bool accumulate) {
+                             bool accumulate, index_t rows = 16, index_t cols = 16) {
     __m512 r[16], s[16];
-    for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ld_src);
+    const __mmask16 in_mask = static_cast<__mmask16>((1u << cols) - 1);
+    const __mmask16 out_mask = static_cast<__mmask16>((1u << rows) - 1);
+    for (int i = 0; i < 16; ++i)
+        r[i] = i < rows ? _mm512_maskz_loadu_ps(in_mask, src + i * ld_src) : _mm512_setzero_ps();
     // Within each 128-bit lane (columns 4L..4L+3): interleave rows 2a and 2a+1 ...
     for (int a = 0; a < 8; ++a) {
         s[2 * a] = _mm512_unpacklo_ps(r[2 * a], r[2 * a + 1]);      // columns 4L, 4L+1
@@ -50,11 +56,12 @@ inline void transpose_tile16(const float* src, index_t ld_src, float* dst, index
         const __m512 column[4] = {
             _mm512_shuffle_f32x4(w0, w2, 0x88), _mm512_shuffle_f32x4(w0, w2, 0xDD),
             _mm512_shuffle_f32x4(w1, w3, 0x88), _mm512_shuffle_f32x4(w1, w3, 0xDD)};
-        for (int L = 0; L < 4; ++L) {
+        for (int L = 0; L < 4 && 4 * L + e < cols; ++L) {
             float* out = dst + (4 * L + e) * ld_dst;
-            const __m512 value = accumulate ? _mm512_add_ps(_mm512_loadu_ps(out), column[L])
-                                            : column[L];
-            _mm512_storeu_ps(out, value);
+            const __m512 value =
+                accumulate ? _mm512_add_ps(_mm512_maskz_loadu_ps(out_mask, out), column[L])
+                           : column[L];
+            _mm512_mask_storeu_ps(out, out_mask, value);
         }
     }
 }
@@ -67,26 +74,21 @@ inline namespace transpose_portable {
 template <class T>
 void transpose_block(const T* src, index_t ld_src, index_t m, index_t n, T* dst, index_t ld_dst,
                      bool accumulate) {
-    index_t full_m = 0, full_n = 0;
 #if defined(__GNUC__) && defined(__AVX512F__)
     if constexpr (std::is_same_v<T, float>) {
-        full_m = m / 16 * 16;
-        full_n = n / 16 * 16;
-        for (index_t j = 0; j < full_n; j += 16)
-            for (index_t i = 0; i < full_m; i += 16)
+        for (index_t j = 0; j < n; j += 16)
+            for (index_t i = 0; i < m; i += 16)
                 transpose_tile16(src + i * ld_src + j, ld_src, dst + j * ld_dst + i, ld_dst,
-                                 accumulate);
+                                 accumulate, std::min<index_t>(16, m - i),
+                                 std::min<index_t>(16, n - j));
+        return;
     }
 #endif
-    // What the tiles left: the last columns of src for every row, then its last rows.
-    const auto element = [&](index_t i, index_t j) {
-        T& out = dst[j * ld_dst + i];
-        out = accumulate ? out + src[i * ld_src + j] : src[i * ld_src + j];
-    };
-    for (index_t j = full_n; j < n; ++j)
-        for (index_t i = 0; i < m; ++i) element(i, j);
-    for (index_t j = 0; j < full_n; ++j)
-        for (index_t i = full_m; i < m; ++i) element(i, j);
+    for (index_t j = 0; j < n; ++j)
+        for (index_t i = 0; i < m; ++i) {
+            T& out = dst[j * ld_dst + i];
+            out = accumulate ? out + src[i * ld_src + j] : src[i * ld_src + j];
+        }
 }
 
 }  // inline namespace

@@ -18,6 +18,7 @@
 #include "gradcam/detail/gemm.hpp"
 #include "gradcam/detail/im2col.hpp"
 #include "gradcam/detail/parallel.hpp"
+#include "gradcam/detail/transpose.hpp"
 #include "gradcam/detail/vectorize.hpp"
 
 namespace gradcam::detail {
@@ -158,7 +159,8 @@ template <class Form, class T>
 void winograd_kernels(const T* w, index_t out_channels, index_t channels, bool adjoint, T* u) {
     constexpr index_t t = Form::t;
     const index_t count = out_channels * channels;
-    const index_t rows = adjoint ? channels : out_channels, cols = adjoint ? out_channels : channels;
+    const index_t rows = adjoint ? channels : out_channels,
+                  cols = adjoint ? out_channels : channels;
     parallel_for(rows, count >= 4096, [&](index_t r, int) {
         std::vector<T> buffer((9 + 3 * t) * cols);
         T* taps = buffer.data();           // taps[i * 3 + j][q]: g[i][j] of U's column q
@@ -170,13 +172,15 @@ void winograd_kernels(const T* w, index_t out_channels, index_t channels, bool a
         }
         for (int j = 0; j < 3; ++j)
             for (index_t q = 0; q < cols; ++q)
-                Form::template kernel<T>([&](index_t i) { return taps[(i * 3 + j) * cols + q]; },
-                                         [&](index_t i, T value) { gg[(i * 3 + j) * cols + q] = value; });
+                Form::template kernel<T>(
+                    [&](index_t i) { return taps[(i * 3 + j) * cols + q]; },
+                    [&](index_t i, T value) { gg[(i * 3 + j) * cols + q] = value; });
         T* out = u + r * cols;
         for (index_t i = 0; i < t; ++i)  // (G g) G^T
             for (index_t q = 0; q < cols; ++q)
-                Form::template kernel<T>([&](index_t j) { return gg[(i * 3 + j) * cols + q]; },
-                                         [&](index_t j, T value) { out[(i * t + j) * count + q] = value; });
+                Form::template kernel<T>(
+                    [&](index_t j) { return gg[(i * 3 + j) * cols + q]; },
+                    [&](index_t j, T value) { out[(i * t + j) * count + q] = value; });
     });
 }
 
@@ -198,20 +202,20 @@ index_t winograd_scratch_size(const ConvGeometry& g, index_t out_channels) {
            winograd_tile_rows<Form>(g, out_channels) * winograd_tiles_w<Form>(g);
 }
 
-// V[e][c][tile] = B^T d B for the tiles of tile rows [ty0, ty1) of the g.channels planes x, zero
-// outside the input. Each thread takes a range of channels, one at a time: the channel's rows
-// under the tiles are copied into a zero-padded plane (its zeros written once per thread, they
-// lie in the same places for every channel); then B^T combines each tile row's t rows along
-// whole rows; then B combines the columns of each tile, m apart, one output position at a time
-// over all the channel's tiles, so that V's rows are written in one run each rather than a tile
-// row's few values at a time. (Against a tile row at a time, each padded row built for it, on 2
-// threads: 64 channels of 56x56 in F(4x4, 3x3) 183 -> 85 us, 64 of 224x224 in F(2x2, 3x3) 4.4
-// -> 1.8 ms; GCC had left both passes scalar.)
+// The input transform a channel at a time, for long rows of tiles. Each thread takes a range of
+// channels: the channel's rows under the tiles are copied into a zero-padded plane (its zeros
+// written once per thread, they lie in the same places for every channel); then B^T combines
+// each tile row's t rows along whole rows; then B combines the columns of each tile, m apart,
+// one output position at a time over all the channel's tiles, so that V's rows are written in
+// one run each rather than a tile row's few values at a time. (Against a tile row at a time, each
+// padded row built for it, on 2 threads: 64 channels of 56x56 in F(4x4, 3x3) 183 -> 85 us, 64 of
+// 224x224 in F(2x2, 3x3) 4.4 -> 1.8 ms; GCC had left both passes scalar.)
 template <class Form, class T>
-void winograd_input_transform(const T* x, const ConvGeometry& g, index_t ty0, index_t ty1, T* v,
-                              bool parallel) {
+void winograd_input_transform_by_channel(const T* x, const ConvGeometry& g, index_t ty0,
+                                         index_t ty1, T* v, bool parallel) {
     constexpr index_t m = Form::m, t = Form::t;
-    const index_t C = g.channels, tiles_w = winograd_tiles_w<Form>(g), tiles = (ty1 - ty0) * tiles_w;
+    const index_t C = g.channels, tiles_w = winograd_tiles_w<Form>(g),
+                  tiles = (ty1 - ty0) * tiles_w;
     const index_t tile_rows = ty1 - ty0, padded_rows = m * tile_rows + (t - m);
     const index_t span = m * tiles_w + (t - m);  // input columns -pad_w .. under a tile row
     const index_t e_stride = C * tiles;
@@ -252,6 +256,96 @@ void winograd_input_transform(const T* x, const ConvGeometry& g, index_t ty0, in
     });
 }
 
+// The input transform sixteen channels at a time, side by side, for short rows of tiles. Their
+// rows under a few tile rows are transposed into a zero-padded slab[row][column][lane], where
+// each value of a tile is a vector of 16 lanes, so that both passes run on whole vectors: B^T
+// combines the slab's rows m apart along a row of tiles' whole length, then B each tile's t
+// columns. The results, O[e][tile][lane], are transposed back into V's rows. (A channel at a
+// time, the second pass runs along a row of tiles, reading every m-th value: on rows of 4 to 14
+// tiles it stays scalar.)
+template <class Form, class T>
+void winograd_input_transform_by_lanes(const T* x, const ConvGeometry& g, index_t ty0, index_t ty1,
+                                       T* v, bool parallel) {
+    constexpr index_t m = Form::m, t = Form::t, lanes = 16;
+    const index_t C = g.channels, plane = g.height * g.width;
+    const index_t tiles_w = winograd_tiles_w<Form>(g), tiles = (ty1 - ty0) * tiles_w;
+    const index_t span = m * tiles_w + (t - m);  // input columns -pad_w .. under a tile row
+    const index_t e_stride = C * tiles;
+    // Each piece of work: a group of channels under a few tile rows, about 64 tiles.
+    const index_t chunk_rows = std::clamp<index_t>(64 / tiles_w, 1, ty1 - ty0);
+    const index_t chunks = (ty1 - ty0 + chunk_rows - 1) / chunk_rows;
+    const index_t groups = (C + lanes - 1) / lanes;
+    const index_t slab_rows = m * chunk_rows + (t - m), chunk_tiles = chunk_rows * tiles_w;
+    parallel_for(groups * chunks, parallel, [&](index_t piece, int) {
+        const index_t c0 = piece / chunks * lanes, used = std::min(lanes, C - c0);
+        const index_t first_ty = ty0 + piece % chunks * chunk_rows;
+        const index_t last_ty = std::min(ty1, first_ty + chunk_rows);
+        // Slab row k holds input row top + k; the rows of the input among them are [first, last).
+        const index_t top = m * first_ty - g.pad_h, rows = m * (last_ty - first_ty) + (t - m);
+        const index_t first = std::clamp<index_t>(top, 0, g.height);
+        const index_t last = std::clamp<index_t>(top + rows, first, g.height);
+        T* dense = thread_scratch<T, 4>(
+            (slab_rows * (g.width + span) + t * span + Form::positions * chunk_tiles) * lanes);
+        T* slab = dense + slab_rows * g.width * lanes;
+        T* d = slab + slab_rows * span * lanes;  // B^T d of a row of tiles: d[a][column][lane]
+        T* o = d + t * span * lanes;             // O[e][tile][lane]
+
+        // The lanes of a last, partial group are zeros, not whatever the buffer held.
+        if (used < lanes) std::fill_n(dense, (last - first) * g.width * lanes, T(0));
+        transpose_block(x + c0 * plane + first * g.width, plane, used, (last - first) * g.width,
+                        dense, lanes, false);
+        for (index_t k = 0; k < rows; ++k) {
+            T* row = slab + k * span * lanes;
+            if (top + k < first || top + k >= last) {
+                std::fill_n(row, span * lanes, T(0));
+                continue;
+            }
+            std::fill_n(row, g.pad_w * lanes, T(0));
+            std::copy_n(dense + (top + k - first) * g.width * lanes, g.width * lanes,
+                        row + g.pad_w * lanes);
+            std::fill(row + (g.pad_w + g.width) * lanes, row + span * lanes, T(0));
+        }
+
+        const index_t row_values = span * lanes;
+        for (index_t ty = first_ty; ty < last_ty; ++ty) {
+            const T* in = slab + m * (ty - first_ty) * row_values;
+            GRADCAM_INDEPENDENT_ITERATIONS
+            for (index_t q = 0; q < row_values; ++q)
+                Form::template input<T>([=](index_t i) { return in[i * row_values + q]; },
+                                        [=](index_t a, T value) { d[a * row_values + q] = value; });
+            for (index_t tx = 0; tx < tiles_w; ++tx)
+                for (index_t a = 0; a < t; ++a) {
+                    const T* columns = d + a * row_values + m * tx * lanes;
+                    T* out = o + (a * t * chunk_tiles + (ty - first_ty) * tiles_w + tx) * lanes;
+                    GRADCAM_INDEPENDENT_ITERATIONS
+                    for (index_t l = 0; l < lanes; ++l)
+                        Form::template input<T>(
+                            [=](index_t j) { return columns[j * lanes + l]; },
+                            [=](index_t b, T value) { out[b * chunk_tiles * lanes + l] = value; });
+                }
+        }
+        const index_t done = (last_ty - first_ty) * tiles_w;
+        T* to = v + c0 * tiles + (first_ty - ty0) * tiles_w;
+        for (index_t e = 0; e < Form::positions; ++e)
+            transpose_block(o + e * chunk_tiles * lanes, lanes, done, used, to + e * e_stride,
+                            tiles, false);
+    });
+}
+
+// V[e][c][tile] = B^T d B for the tiles of tile rows [ty0, ty1) of the g.channels planes x, zero
+// outside the input. Rows of up to 16 tiles (maps up to 32 wide in F(2x2, 3x3), 64 in F(4x4,
+// 3x3)) go sixteen channels at a time, longer ones a channel at a time. Measured on 2 threads,
+// against a channel at a time: ResNet-50's 14x14 layers 82 -> 23 us, 7x7 67 -> 14, 28x28 68 ->
+// 33, 56x56 83 -> 69; rows of 28 tiles even; 56 (224x224 in F(4x4, 3x3)) 84 -> 136.
+template <class Form, class T>
+void winograd_input_transform(const T* x, const ConvGeometry& g, index_t ty0, index_t ty1, T* v,
+                              bool parallel) {
+    if (winograd_tiles_w<Form>(g) <= 16)
+        winograd_input_transform_by_lanes<Form>(x, g, ty0, ty1, v, parallel);
+    else
+        winograd_input_transform_by_channel<Form>(x, g, ty0, ty1, v, parallel);
+}
+
 // y[k] (out_channels planes of g.out_h x g.out_w) = (or +=, with `accumulate`) the 3x3
 // convolution of the g.channels planes x with the kernels whose transforms winograd_kernels
 // made, with a convolution's `tail` applied to each output row as it is written. `scratch` holds
@@ -268,7 +362,7 @@ void winograd_conv3x3(const T* x, const ConvGeometry& g, const T* u, index_t out
     const index_t rows_per_block = winograd_tile_rows<Form>(g, K);
     for (index_t ty0 = 0; ty0 < tiles_h; ty0 += rows_per_block) {
         const index_t ty1 = std::min(tiles_h, ty0 + rows_per_block), tiles = (ty1 - ty0) * tiles_w;
-        T* v = scratch;                                // V[e][c][tile]
+        T* v = scratch;                                 // V[e][c][tile]
         T* products = scratch + positions * C * tiles;  // M[e][k][tile]
         const bool parallel = C * tiles >= parallel_grain / 16;
 
@@ -283,7 +377,7 @@ void winograd_conv3x3(const T* x, const ConvGeometry& g, const T* u, index_t out
         // Y = A^T M A, cut to the output's edge; a row of tiles at a time, as above.
         parallel_for(K, parallel, [&](index_t k, int) {
             std::vector<T> buffer((m * t + m) * tiles_w);
-            T* s = buffer.data();                       // A^T M: m rows of t values per tile
+            T* s = buffer.data();                      // A^T M: m rows of t values per tile
             T* row = buffer.data() + m * t * tiles_w;  // one output row
             T* plane = y + k * g.out_h * g.out_w;
             const index_t e_stride = K * tiles;
@@ -297,8 +391,9 @@ void winograd_conv3x3(const T* x, const ConvGeometry& g, const T* u, index_t out
                 for (index_t i = 0; i < m && m * ty + i < g.out_h; ++i) {
                     const T* si = s + i * t * tiles_w;
                     for (index_t tx = 0; tx < tiles_w; ++tx)
-                        Form::template output<T>([&](index_t b) { return si[b * tiles_w + tx]; },
-                                                 [&](index_t j, T value) { row[m * tx + j] = value; });
+                        Form::template output<T>(
+                            [&](index_t b) { return si[b * tiles_w + tx]; },
+                            [&](index_t j, T value) { row[m * tx + j] = value; });
                     T* out = plane + (m * ty + i) * g.out_w;
                     if (accumulate)
                         for (index_t ow = 0; ow < g.out_w; ++ow) out[ow] += row[ow];
@@ -326,7 +421,7 @@ void winograd_conv3x3_transposed(const T* x, const ConvGeometry& g,
     constexpr index_t m = Form::m, t = Form::t, positions = Form::positions;
     const index_t C = g.channels, K = out_channels;
     const index_t tiles_w = winograd_tiles_w<Form>(g), tiles = winograd_tiles<Form>(g);
-    const index_t ld = padded_stride<T>(K);  // of M^T's and Y^T's rows
+    const index_t ld = padded_stride<T>(K);                  // of M^T's and Y^T's rows
     T* v = thread_scratch<T>(positions * (C + ld) * tiles);  // V[e][c][tile]
     T* products = v + positions * C * tiles;                 // M^T[e][tile][k]
     T* y_t = thread_scratch<T, 3>(g.out_h * g.out_w * ld);   // Y^T[pixel][k]
@@ -357,8 +452,9 @@ void winograd_conv3x3_transposed(const T* x, const ConvGeometry& g,
                         [&](index_t i, T value) { s[i * t + b][k] = value; });
             for (index_t i = 0; i < rows; ++i)
                 for (index_t k = 0; k < n; ++k)
-                    Form::template output<T>([&](index_t b) { return s[i * t + b][k]; },
-                                             [&](index_t j, T value) { out[i * m + j][k] = value; });
+                    Form::template output<T>(
+                        [&](index_t b) { return s[i * t + b][k]; },
+                        [&](index_t j, T value) { out[i * m + j][k] = value; });
             for (index_t i = 0; i < rows; ++i)
                 for (index_t j = 0; j < cols; ++j)
                     std::copy_n(out[i * m + j], n,
