@@ -186,6 +186,9 @@ TEST_CASE("ops: conv2d's five lowerings equal the direct sum, forward and back, 
         {Shape{1, 240, 64, 64}, Shape{16, 240, 3, 3}, {.stride = 2, .padding = 1}, Lowering::pixel_major},
         {Shape{1, 4, 20, 23}, Shape{10, 2, 3, 2}, {.padding = {1, 2}, .dilation = 2, .groups = 2}, Lowering::channel_major},
         {Shape{2, 3, 40, 36}, Shape{20, 3, 5, 5}, {.stride = 2, .padding = 2}, Lowering::channel_major},
+        // As ResNet's stem: 7 columns at stride 2 (each input row split into its even and odd
+        // columns), an odd padding and an odd width.
+        {Shape{2, 3, 41, 37}, Shape{8, 3, 7, 7}, {.stride = 2, .padding = 3}, Lowering::channel_major},
         {Shape{1, 8, 33, 33}, Shape{12, 8, 1, 1}, {}, Lowering::channel_major},
         {Shape{1, 16, 66, 67}, Shape{20, 16, 3, 3}, {.padding = 1}, Lowering::winograd},
         // 81 tiles of 4x4 outputs, then 56 (and 64 for the input gradient).

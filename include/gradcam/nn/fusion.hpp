@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <type_traits>
 #include <typeinfo>
+#include <utility>
 
 #include "gradcam/nn/layers.hpp"
 #include "gradcam/ops/arithmetic.hpp"
@@ -30,9 +31,7 @@ bool fusable(nn::Conv2d<T>& conv, nn::BatchNorm2d<T>& bn, nn::ReLU<T>* relu) {
     if (bn.running_mean().size() != channels || bn.running_var().size() != channels ||
         bn.weight().size() != channels || bn.bias().size() != channels)
         return false;
-    for (const T v : bn.running_var())
-        if (!(v + static_cast<T>(bn.eps()) > 0)) return false;
-    return true;
+    return variances_positive(std::as_const(bn.running_var()), static_cast<T>(bn.eps()));
 }
 
 }  // namespace gradcam::detail

@@ -3,6 +3,7 @@
 // training the batch's own statistics, which also update the running ones (as PyTorch does).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -31,17 +32,32 @@ void check_batch_norm(const Shape& x, const Shape* gamma, const Shape* beta,
     if (beta) check(*beta, "bias");
 }
 
-// 1 / sqrt(running_var + eps) per channel.
+// Whether running_var + eps > 0 for every channel (NaN is not). Counted over all channels, not
+// tested in a loop that stops at the first failure, so that it vectorises.
+template <class T>
+bool variances_positive(const Tensor<T>& running_var, T eps) {
+    index_t failures = 0;
+    for (const T v : running_var.values()) failures += !(v + eps > 0);
+    return failures == 0;
+}
+
+// 1 / sqrt(running_var + eps) per channel. (By std::sqrt, not Eigen's sqrt(), whose vectorised
+// form differs from the scalar one in the last bit, so that channels would round by where the
+// vector happens to be aligned.)
 template <class T>
 std::vector<T> running_inv_std(const Tensor<T>& running_var, T eps) {
-    std::vector<T> inv_std(static_cast<std::size_t>(running_var.size()));
-    for (std::size_t c = 0; c < inv_std.size(); ++c) {
-        const T variance = running_var[static_cast<index_t>(c)] + eps;
-        if (!(variance > 0))
-            throw argument_error(concat("batch_norm2d: running_var[", c, "] + eps = ", variance,
-                                        " is not positive"));
-        inv_std[c] = T(1) / std::sqrt(variance);
+    if (!variances_positive(running_var, eps)) {
+        const auto values = running_var.values();
+        const auto bad =
+            std::find_if(values.begin(), values.end(), [eps](T v) { return !(v + eps > 0); });
+        throw argument_error(concat("batch_norm2d: running_var[", bad - values.begin(),
+                                    "] + eps = ", *bad + eps, " is not positive"));
     }
+    const index_t n = running_var.size();
+    std::vector<T> inv_std(static_cast<std::size_t>(n));
+    const T* variance = running_var.data();
+    for (index_t c = 0; c < n; ++c)
+        inv_std[static_cast<std::size_t>(c)] = T(1) / std::sqrt(variance[c] + eps);
     return inv_std;
 }
 
@@ -50,13 +66,11 @@ std::vector<T> running_inv_std(const Tensor<T>& running_var, T eps) {
 template <class T>
 void channel_affine(const Tensor<T>* gamma, const Tensor<T>* beta, const std::vector<T>& inv_std,
                     std::vector<T>& a, std::vector<T>& b) {
-    a.resize(inv_std.size());
-    b.resize(inv_std.size());
-    for (std::size_t c = 0; c < a.size(); ++c) {
-        const index_t k = static_cast<index_t>(c);
-        a[c] = (gamma ? (*gamma)[k] : T(1)) * inv_std[c];
-        b[c] = beta ? (*beta)[k] : T(0);
-    }
+    const index_t n = static_cast<index_t>(inv_std.size());
+    a = inv_std;
+    if (gamma) array(a.data(), n) *= array(gamma->data(), n);
+    b.assign(inv_std.size(), T(0));
+    if (beta) std::copy_n(beta->data(), n, b.data());
 }
 
 // Normalises x with per-channel `mean` and `inv_std` (1 / sqrt(var + eps)) and records the op.
@@ -77,7 +91,8 @@ Var<T> normalise_channels(const Var<T>& x, const Var<T>& gamma, const Var<T>& be
         const index_t offset = item * plane;
         const std::size_t k = static_cast<std::size_t>(item % channels);
         // (x - mean) * a + beta, not x * a + (beta - mean * a): exact when |mean| >> std.
-        array(y.data() + offset, plane) = (array(x.value().data() + offset, plane) - mean[k]) * a[k] + b[k];
+        array(y.data() + offset, plane) =
+            (array(x.value().data() + offset, plane) - mean[k]) * a[k] + b[k];
     });
 
     auto backward = [a, mean = std::move(mean), inv_std = std::move(inv_std), batch, channels,
@@ -91,7 +106,7 @@ Var<T> normalise_channels(const Var<T>& x, const Var<T>& gamma, const Var<T>& be
         const T* xs = self.input(0).value().data();
         bool fresh = false;
         // At inference dx = a_c * dy, element by element: dy's own tensor can take it.
-        T* dx_all = !want_x          ? nullptr
+        T* dx_all = !want_x            ? nullptr
                     : batch_statistics ? sink.of(0, fresh).data()
                                        : sink.of_elementwise(0, fresh).data();
         T* dgamma = want_gamma ? sink.of(gamma_at).data() : nullptr;
