@@ -316,6 +316,15 @@ TEST_CASE("gradient: adaptive_avg_pool2d") {
     SUBCASE("3x2 to 5x4 (upsampling)") {
         check_adaptive("adaptive_avg_pool2d 3x2->5x4", {1, 2, 3, 2}, {5, 4}, random);
     }
+    // Bins that divide the input write the gradient when nothing has reached it yet, and add
+    // to it when something has: here the second pooling of the same input.
+    SUBCASE("6x4 to 3x2 (bins divide the input), and pooled twice") {
+        check_adaptive("adaptive_avg_pool2d 6x4->3x2", {2, 3, 6, 4}, {3, 2}, random);
+        check_gradients(
+            "adaptive_avg_pool2d twice", {random_normal({2, 3, 6, 4}, random)},
+            [](const auto& v) { return adaptive_avg_pool2d(v[0], {3, 2}) + adaptive_avg_pool2d(v[0], {3, 2}); },
+            random);
+    }
 }
 
 TEST_CASE("gradient: relu") {

@@ -74,7 +74,7 @@ class Node {
     friend class GradientSink<T>;
 
     Tensor<T> value_;
-    const Tensor<T>* external_ = nullptr;  // a module's parameter, referred to without a copy
+    const Tensor<T>* external_ = nullptr;  // a parameter or constant referred to without a copy
     std::string op_;
     std::vector<std::string> names_;
     std::vector<std::shared_ptr<Node>> inputs_;
@@ -198,6 +198,15 @@ class Tape {
 
     // A value gradients never flow to (an input that is not being explained).
     Var<T> constant(Tensor<T> value) { return Var<T>(make_node("constant", std::move(value))); }
+
+    // The same, referred to without a copy: the tensor must outlive the tape (an explanation's
+    // input, which its caller holds while the explanation runs).
+    Var<T> constant_reference(const Tensor<T>& value) {
+        auto node = make_node("constant", Tensor<T>());
+        node->external_ = &value;
+        return Var<T>(std::move(node));
+    }
+    Var<T> constant_reference(Tensor<T>&&) = delete;
 
     // A leaf whose gradient can be asked for (an input image for saliency maps).
     Var<T> variable(Tensor<T> value) {

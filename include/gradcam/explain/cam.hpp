@@ -26,7 +26,7 @@ CamResult<T> cam(Net& net, const Tensor<T>& input,
             "function target has none (use grad_cam)");
     Tape<T> tape;
     tape.record_from(std::string(feature_layer));
-    const Var<T> outputs = run_network(net, tape, tape.constant(input));
+    const Var<T> outputs = run_network(net, tape, tape.constant_reference(input));
     const Var<T> features = tape.find(feature_layer);
     detail::expect_feature_map(features, feature_layer, input.dim(0));
     const index_t channels = features.shape()[1];

@@ -55,7 +55,7 @@ LayerGradients<T> layer_gradients(Net& net, const Tensor<T>& input,
     detail::expect_image_batch(input, "layer_gradients");
     Tape<T> tape;
     tape.record_from(std::string(layer));
-    const Var<T> outputs = run_network(net, tape, tape.constant(input));
+    const Var<T> outputs = run_network(net, tape, tape.constant_reference(input));
     const Var<T> activations = tape.find(layer);
     detail::expect_feature_map(activations, layer, input.dim(0));
     LayerGradients<T> result;

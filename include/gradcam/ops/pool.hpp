@@ -307,17 +307,24 @@ Var<T> adaptive_avg_pool2d(const Var<T>& x, Size2 output_size) {
         [height, width, out_h, out_w, planes](const Node<T>&, const Tensor<T>& dy,
                                               GradientSink<T>& sink) {
             if (!sink.wants(0)) return;
-            T* dx_all = sink.of(0).data();
+            // A gradient nothing has reached yet is written, not zeroed and added to, where
+            // each input lies in exactly one bin (the bins divide the input evenly, as global
+            // pooling's one bin does).
+            bool fresh = false;
+            T* dx_all = sink.of(0, fresh).data();
+            const bool assign = fresh && height % out_h == 0 && width % out_w == 0;
             detail::parallel_for(
                 planes, planes * height * width >= detail::parallel_grain, [&](index_t p, int) {
                     T* dx = dx_all + p * height * width;
+                    if (fresh && !assign) std::fill_n(dx, height * width, T(0));
                     const T* g_out = dy.data() + p * out_h * out_w;
                     detail::for_each_adaptive_window(
                         height, width, out_h, out_w,
                         [&](index_t h0, index_t h1, index_t w0, index_t w1) {
                             const T share = *g_out++ / static_cast<T>((h1 - h0) * (w1 - w0));
                             for (index_t h = h0; h < h1; ++h)
-                                for (index_t w = w0; w < w1; ++w) dx[h * width + w] += share;
+                                for (index_t w = w0; w < w1; ++w)
+                                    dx[h * width + w] = assign ? share : dx[h * width + w] + share;
                         });
                 });
         });
