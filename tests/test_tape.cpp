@@ -157,6 +157,16 @@ TEST_CASE("tape: parameters are constants unless parameter gradients are switche
     CHECK(dw(0, 0) == doctest::Approx(0.0));  // sum over the batch of x: 1 - 1
     CHECK(dw(1, 2) == doctest::Approx(5.0));
     CHECK(grads.at(fc.bias())(1) == doctest::Approx(2.0));
+
+    // A constant referred to without a copy reads the caller's tensor, and is no parameter even
+    // when the tape records it (here as the recording start).
+    Tape<double> by_reference;
+    by_reference.set_parameters_differentiable(true);
+    by_reference.record_from("input");
+    const Var<double> x = by_reference.constant_reference(input);
+    CHECK(x.value().data() == input.data());
+    by_reference.name(x, "input");
+    CHECK(by_reference.parameter_gradients(sum(fc(by_reference.find("input")))).size() == 2);
 }
 
 TEST_CASE("tape: recording from a named layer keeps no backward state below it") {

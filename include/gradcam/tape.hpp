@@ -379,7 +379,7 @@ class Tape {
                                              loss.shape(), "; it must be a scalar"));
         std::vector<Var<T>> params;
         for (const auto& n : nodes_)
-            if (n->external_) params.push_back(Var<T>(n));
+            if (n->external_ && n->op_ == "parameter") params.push_back(Var<T>(n));
         std::vector<std::unique_ptr<Tensor<T>>> grads =
             sweep(loss, Tensor<T>(loss.shape(), T(1)), params, {});
         std::unordered_map<const Tensor<T>*, Tensor<T>> by_tensor;

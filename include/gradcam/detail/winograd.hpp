@@ -352,7 +352,7 @@ void winograd_input_transform(const T* x, const ConvGeometry& g, index_t ty0, in
 // winograd_scratch_size(...) values. The transforms' small buffers are not in thread_scratch's
 // first slot: the calling thread, which is also the first of the team, already holds
 // `scratch` there (the output transform's are vectors of their own, the input transform's
-// padded plane takes slot 4).
+// buffers take slot 4).
 template <class Form, class T>
 void winograd_conv3x3(const T* x, const ConvGeometry& g, const T* u, index_t out_channels, T* y,
                       bool accumulate, T* scratch, const ConvTail<T>* tail = nullptr) {
