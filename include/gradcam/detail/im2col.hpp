@@ -45,9 +45,9 @@ inline index_t tile_rows(const ConvGeometry& g) {
 // dilation): the kernel columns j then read every other value of an input row, from an even
 // or an odd column on. For each output row, the input row under it is split into its even and
 // odd columns (of the row zero-padded), so that every kernel column copies a run of one of
-// them, rather than gathering every other value for each j. For wide kernels: ResNet's 7x7 stem 0.175 -> 0.110 ms
-// (the whole im2col, 2 threads); with 3 columns the split costs more than it saves (3x3 with
-// 128 channels at 56x56: 0.128 -> 0.141 ms).
+// them, rather than gathering every other value for each j. For wide kernels: ResNet's 7x7
+// stem 0.175 -> 0.110 ms (the whole im2col, 2 threads); with 3 columns the split costs more than
+// it saves (3x3 with 128 channels at 56x56: 0.128 -> 0.141 ms).
 template <class T>
 void im2col_row_pairs(const T* x, const ConvGeometry& g, index_t i, T* rows, index_t tile_cols,
                       index_t oh0, index_t oh1) {
@@ -55,19 +55,22 @@ void im2col_row_pairs(const T* x, const ConvGeometry& g, index_t i, T* rows, ind
     T* even = thread_scratch<T, 5>(2 * half);
     T* odd = even + half;
     std::fill_n(even, 2 * half, T(0));  // the padding's zeros stay; the row's values are rewritten
+    // Input column iw is padded column iw + pad_w: the even ones start at input column
+    // first_even, the odd ones at first_odd.
+    const index_t first_even = g.pad_w % 2, first_odd = 1 - first_even;
+    T* to_even = even + (first_even + g.pad_w) / 2;
+    T* to_odd = odd + (first_odd + g.pad_w) / 2;
     for (index_t oh = oh0; oh < oh1; ++oh) {
         const index_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
         T* out = rows + (oh - oh0) * g.out_w;
         if (ih < 0 || ih >= g.height) {
-            for (index_t j = 0; j < g.kernel_w; ++j) std::fill_n(out + j * tile_cols, g.out_w, T(0));
+            for (index_t j = 0; j < g.kernel_w; ++j)
+                std::fill_n(out + j * tile_cols, g.out_w, T(0));
             continue;
         }
-        // Input column iw is padded column iw + pad_w.
         const T* line = x + ih * g.width;
-        const index_t first_even = g.pad_w % 2, first_odd = 1 - first_even;
-        T* to_even = even + (first_even + g.pad_w) / 2;
-        T* to_odd = odd + (first_odd + g.pad_w) / 2;
-        for (index_t k = 0; first_even + 2 * k < g.width; ++k) to_even[k] = line[first_even + 2 * k];
+        for (index_t k = 0; first_even + 2 * k < g.width; ++k)
+            to_even[k] = line[first_even + 2 * k];
         for (index_t k = 0; first_odd + 2 * k < g.width; ++k) to_odd[k] = line[first_odd + 2 * k];
         // Output column ow, kernel column j reads padded column 2 ow + j.
         for (index_t j = 0; j < g.kernel_w; ++j)
