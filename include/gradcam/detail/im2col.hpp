@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "gradcam/detail/parallel.hpp"
+#include "gradcam/detail/vectorize.hpp"
 #include "gradcam/shape.hpp"
 
 namespace gradcam::detail {
@@ -34,6 +35,19 @@ inline void valid_columns(index_t offset, index_t stride, index_t width, index_t
     first = std::min(first, last);
 }
 
+// even[q] = line[2q] and odd[q] = line[2q + 1] for the `width` values of line (even takes the
+// last one when width is odd): a row read at a stride of 2 becomes two rows read in runs. In
+// one loop marked independent, so that it vectorises.
+template <class T>
+void split_even_odd(const T* line, index_t width, T* even, T* odd) {
+    GRADCAM_INDEPENDENT_ITERATIONS
+    for (index_t q = 0; q < width / 2; ++q) {
+        even[q] = line[2 * q];
+        odd[q] = line[2 * q + 1];
+    }
+    if (width % 2) even[width / 2] = line[width - 1];
+}
+
 // Output rows per tile, so that a tile's im2col buffer holds about 2^21 values (8 MB of float)
 // whatever the image size: the lowering's memory stays small and cache-friendly.
 inline index_t tile_rows(const ConvGeometry& g) {
@@ -55,11 +69,10 @@ void im2col_row_pairs(const T* x, const ConvGeometry& g, index_t i, T* rows, ind
     T* even = thread_scratch<T, 5>(2 * half);
     T* odd = even + half;
     std::fill_n(even, 2 * half, T(0));  // the padding's zeros stay; the row's values are rewritten
-    // Input column iw is padded column iw + pad_w: the even ones start at input column
-    // first_even, the odd ones at first_odd.
-    const index_t first_even = g.pad_w % 2, first_odd = 1 - first_even;
-    T* to_even = even + (first_even + g.pad_w) / 2;
-    T* to_odd = odd + (first_odd + g.pad_w) / 2;
+    // Input column iw is padded column iw + pad_w: the input's even columns are the padded
+    // row's even ones when pad_w is even, its odd ones when pad_w is odd.
+    T* input_even = g.pad_w % 2 ? odd + g.pad_w / 2 : even + g.pad_w / 2;
+    T* input_odd = g.pad_w % 2 ? even + (g.pad_w + 1) / 2 : odd + g.pad_w / 2;
     for (index_t oh = oh0; oh < oh1; ++oh) {
         const index_t ih = oh * g.stride_h - g.pad_h + i * g.dilation_h;
         T* out = rows + (oh - oh0) * g.out_w;
@@ -68,10 +81,7 @@ void im2col_row_pairs(const T* x, const ConvGeometry& g, index_t i, T* rows, ind
                 std::fill_n(out + j * tile_cols, g.out_w, T(0));
             continue;
         }
-        const T* line = x + ih * g.width;
-        for (index_t k = 0; first_even + 2 * k < g.width; ++k)
-            to_even[k] = line[first_even + 2 * k];
-        for (index_t k = 0; first_odd + 2 * k < g.width; ++k) to_odd[k] = line[first_odd + 2 * k];
+        split_even_odd(x + ih * g.width, g.width, input_even, input_odd);
         // Output column ow, kernel column j reads padded column 2 ow + j.
         for (index_t j = 0; j < g.kernel_w; ++j)
             std::copy_n((j % 2 ? odd : even) + j / 2, g.out_w, out + j * tile_cols);

@@ -95,13 +95,7 @@ Var<T> max_pool2d(const Var<T>& x, const Pool2dOptions& options = {}) {
                 if (s == 1) {
                     split = line;  // one phase: the row as it is
                 } else if (s == 2) {  // the usual stride, spelled out so that the split vectorises
-                    T* odd = phases + span;
-                    GRADCAM_INDEPENDENT_ITERATIONS
-                    for (index_t q = 0; q < g.width / 2; ++q) {
-                        phases[q] = line[2 * q];
-                        odd[q] = line[2 * q + 1];
-                    }
-                    if (g.width % 2) phases[g.width / 2] = line[g.width - 1];
+                    detail::split_even_odd(line, g.width, phases, phases + span);
                 } else {
                     for (index_t r = 0; r < s; ++r) {
                         T* phase = phases + r * span;
