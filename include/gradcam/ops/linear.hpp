@@ -69,13 +69,24 @@ Var<T> linear(const Var<T>& x, const Var<T>& weight, const Var<T>& bias) {
                 // Bound by reading W: its rows whose dy is zero for every image are skipped,
                 // not multiplied by zero. After a ReLU that is about half of them (VGG-16's
                 // first classifier layer: 200 of its 400 MB), for a one-hot seed all but one.
+                // Four rows go into each pass over dx: one row at a time read W at 22 GB/s
+                // where the forward reads it at 32, four at a time at 29 (that layer's backward
+                // 8.9 -> 7.0 ms on a Xeon).
                 std::vector<index_t> live;
                 for (index_t o = 0; o < out; ++o)
                     if ((g.col(o).array() != T(0)).any()) live.push_back(o);
                 detail::split_features(batch, in, out * in, [&](index_t first, index_t count) {
-                    auto dx_part = detail::matrix(dx + first, batch, count, in);
-                    for (const index_t o : live)
-                        dx_part.noalias() += g.col(o) * detail::matrix(ws + o * in + first, 1, count);
+                    const auto row = [&](index_t o) { return detail::array(ws + o * in + first, count); };
+                    const auto dx_part = [&](index_t n) { return detail::array(dx + n * in + first, count); };
+                    std::size_t i = 0;
+                    for (; i + 4 <= live.size(); i += 4) {
+                        const index_t o0 = live[i], o1 = live[i + 1], o2 = live[i + 2], o3 = live[i + 3];
+                        for (index_t n = 0; n < batch; ++n)
+                            dx_part(n) += g(n, o0) * row(o0) + g(n, o1) * row(o1) +
+                                          g(n, o2) * row(o2) + g(n, o3) * row(o3);
+                    }
+                    for (; i < live.size(); ++i)
+                        for (index_t n = 0; n < batch; ++n) dx_part(n) += g(n, live[i]) * row(live[i]);
                 });
             } else {
                 detail::matrix(dx, batch, in).noalias() +=
