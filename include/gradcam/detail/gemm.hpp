@@ -1,15 +1,15 @@
 // The matrix product C = A B (or C += A B) that convolutions are lowered to.
 //
-// On ResNet-50's convolutions (2 threads, AVX-512, a 226 GFLOP/s peak at the 3.5 GHz these
-// cores run at) Eigen's GEMM reaches 110-165 GFLOP/s, the product below 170-210 (its
-// micro-kernel alone, on operands in cache, 100% of one core). It is the usual blocked scheme
-// (Goto and van de Geijn, "Anatomy of high-performance matrix multiplication", TOMS 2008): A and
-// B are copied in blocks into "packed" panels whose layout is the order the inner loop reads
-// them in, and a micro-kernel keeps an MR x NR tile of C in vector registers while it runs down
-// the shared dimension. An operand whose panels already lie in memory in that order is read in
-// place instead (A stored by columns; B stored by rows, when one block of A's rows reads each of
-// its panels only once). Each thread takes a part of C (a range of its columns or of its rows)
-// and packs its own operands; nothing is shared, nothing waits.
+// On ResNet-50's convolutions (2 threads, AVX-512) Eigen's GEMM reached 110-165 GFLOP/s on 2 cores
+// of an AMD EPYC (226 peak), the product below 170-210; its micro-kernel alone, on operands in
+// cache, runs at 200-230 GFLOP/s on one core of a Xeon with two FMA units. It is the usual blocked
+// scheme (Goto and van de Geijn, "Anatomy of high-performance matrix multiplication", TOMS 2008): A
+// and B are copied in blocks into "packed" panels whose layout is the order the inner loop reads
+// them in, and a micro-kernel keeps an MR x NR tile of C in vector registers while it runs down the
+// shared dimension. An operand whose panels already lie in memory in that order is read in place
+// instead (A stored by columns; B stored by rows, when one block of A's rows reads each of its
+// panels only once). Each thread takes a part of C (a range of its columns or of its rows) and
+// packs its own operands; nothing is shared, nothing waits.
 //
 // Operands are strided views: the backward passes' transposed operands are packed like any
 // other. The kernel is written with GCC/Clang vector extensions, sized to the widest vector the
@@ -177,14 +177,18 @@ struct GemmKernel {
     // Unaligned loads and stores. GCC copies a vector through memcpy in pieces of the width
     // its tuning prefers: 256 bits when it tunes for Intel's AVX-512 cores (Ice Lake, Rocket
     // Lake), and the accumulators, written in halves and read whole, then live on the stack
-    // (42 against 165 GFLOP/s on one core).
+    // (42 against 153 GFLOP/s on one core of a Xeon on a 1024^3 product).
     static Vec load(const T* p) {
 #if defined(__AVX512F__)
-        if constexpr (gemm_vector_bytes == 64 && std::is_same_v<T, float>) return _mm512_loadu_ps(p);
-        if constexpr (gemm_vector_bytes == 64 && std::is_same_v<T, double>) return _mm512_loadu_pd(p);
+        if constexpr (gemm_vector_bytes == 64 && std::is_same_v<T, float>)
+            return _mm512_loadu_ps(p);
+        if constexpr (gemm_vector_bytes == 64 && std::is_same_v<T, double>)
+            return _mm512_loadu_pd(p);
 #elif defined(__AVX__)
-        if constexpr (gemm_vector_bytes == 32 && std::is_same_v<T, float>) return _mm256_loadu_ps(p);
-        if constexpr (gemm_vector_bytes == 32 && std::is_same_v<T, double>) return _mm256_loadu_pd(p);
+        if constexpr (gemm_vector_bytes == 32 && std::is_same_v<T, float>)
+            return _mm256_loadu_ps(p);
+        if constexpr (gemm_vector_bytes == 32 && std::is_same_v<T, double>)
+            return _mm256_loadu_pd(p);
 #endif
         Vec v;
         std::memcpy(&v, p, sizeof(Vec));
@@ -193,11 +197,15 @@ struct GemmKernel {
 
     static void store(T* p, Vec v) {
 #if defined(__AVX512F__)
-        if constexpr (gemm_vector_bytes == 64 && std::is_same_v<T, float>) return _mm512_storeu_ps(p, v);
-        if constexpr (gemm_vector_bytes == 64 && std::is_same_v<T, double>) return _mm512_storeu_pd(p, v);
+        if constexpr (gemm_vector_bytes == 64 && std::is_same_v<T, float>)
+            return _mm512_storeu_ps(p, v);
+        if constexpr (gemm_vector_bytes == 64 && std::is_same_v<T, double>)
+            return _mm512_storeu_pd(p, v);
 #elif defined(__AVX__)
-        if constexpr (gemm_vector_bytes == 32 && std::is_same_v<T, float>) return _mm256_storeu_ps(p, v);
-        if constexpr (gemm_vector_bytes == 32 && std::is_same_v<T, double>) return _mm256_storeu_pd(p, v);
+        if constexpr (gemm_vector_bytes == 32 && std::is_same_v<T, float>)
+            return _mm256_storeu_ps(p, v);
+        if constexpr (gemm_vector_bytes == 32 && std::is_same_v<T, double>)
+            return _mm256_storeu_pd(p, v);
 #endif
         std::memcpy(p, &v, sizeof(Vec));
     }

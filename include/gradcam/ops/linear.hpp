@@ -76,17 +76,23 @@ Var<T> linear(const Var<T>& x, const Var<T>& weight, const Var<T>& bias) {
                 for (index_t o = 0; o < out; ++o)
                     if ((g.col(o).array() != T(0)).any()) live.push_back(o);
                 detail::split_features(batch, in, out * in, [&](index_t first, index_t count) {
-                    const auto row = [&](index_t o) { return detail::array(ws + o * in + first, count); };
-                    const auto dx_part = [&](index_t n) { return detail::array(dx + n * in + first, count); };
+                    const auto row = [&](index_t o) {
+                        return detail::array(ws + o * in + first, count);
+                    };
+                    const auto dx_part = [&](index_t n) {
+                        return detail::array(dx + n * in + first, count);
+                    };
                     std::size_t i = 0;
                     for (; i + 4 <= live.size(); i += 4) {
-                        const index_t o0 = live[i], o1 = live[i + 1], o2 = live[i + 2], o3 = live[i + 3];
+                        const index_t o0 = live[i], o1 = live[i + 1], o2 = live[i + 2],
+                                      o3 = live[i + 3];
                         for (index_t n = 0; n < batch; ++n)
                             dx_part(n) += g(n, o0) * row(o0) + g(n, o1) * row(o1) +
                                           g(n, o2) * row(o2) + g(n, o3) * row(o3);
                     }
                     for (; i < live.size(); ++i)
-                        for (index_t n = 0; n < batch; ++n) dx_part(n) += g(n, live[i]) * row(live[i]);
+                        for (index_t n = 0; n < batch; ++n)
+                            dx_part(n) += g(n, live[i]) * row(live[i]);
                 });
             } else {
                 detail::matrix(dx, batch, in).noalias() +=
