@@ -282,13 +282,13 @@ struct GemmKernel {
     // acc += the panels' product. Lines are asked for ahead of the loads: of an operand read in
     // place, the next tile's along its rows; of packed B, the panel's values 32 steps on (8 KiB
     // for the 7 x 4 tile), which run on into the next panel.
-    template <bool PrefetchA, bool BInPlace>
+    template <bool AInPlace, bool BInPlace>
     [[gnu::always_inline]] static void multiply_panels(index_t depth, const T* a, index_t a_step,
                                                        const T* b, index_t b_step,
                                                        Vec (&acc)[mr][vectors]) {
         constexpr index_t packed_ahead = 32 * nr;
         for (index_t k = 0; k < depth; ++k, a += a_step, b += b_step) {
-            if constexpr (PrefetchA) __builtin_prefetch(a + 64 / sizeof(T));
+            if constexpr (AInPlace) __builtin_prefetch(a + 64 / sizeof(T));
             for (index_t v = 0; v < vectors; ++v)
                 __builtin_prefetch(b + (BInPlace ? nr : packed_ahead) + v * lanes);
             Vec bk[vectors];
