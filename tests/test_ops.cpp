@@ -498,9 +498,32 @@ TEST_CASE("ops: transpose_block moves every value, by 16 x 16 tiles and at their
             }
 }
 
-TEST_CASE("ops: max_pool2d gives the same values with and without a recorded backward") {
-    // Constants take the values-only loop, variables the one that keeps each argmax. Odd and
-    // even widths: the values-only loop splits rows into even and odd columns for stride 2.
+// PyTorch's rule for one window, scanned in row-major order: the first valid position, then
+// any larger value or NaN. Returns the position in the plane, -1 for a padding-only window.
+index_t max_pool_reference_argmax(const double* plane, index_t height, index_t width, index_t oh,
+                                  index_t ow, const Pool2dOptions& o, double& value) {
+    const Size2 stride = o.stride.h == 0 ? o.kernel : o.stride;
+    index_t at = -1;
+    value = -std::numeric_limits<double>::infinity();
+    for (index_t i = 0; i < o.kernel.h; ++i)
+        for (index_t j = 0; j < o.kernel.w; ++j) {
+            const index_t ih = oh * stride.h - o.padding.h + i * o.dilation.h;
+            const index_t iw = ow * stride.w - o.padding.w + j * o.dilation.w;
+            if (ih < 0 || ih >= height || iw < 0 || iw >= width) continue;
+            const double v = plane[ih * width + iw];
+            if (at < 0 || v > value || std::isnan(v)) {
+                value = v;
+                at = ih * width + iw;
+            }
+        }
+    return at;
+}
+
+TEST_CASE("ops: max_pool2d's values and gradient follow PyTorch's scan, ties and NaN included") {
+    // Few distinct values, so that most windows hold ties (as after a ReLU); NaN and -inf too.
+    // Constants take the values-only pass, variables the one that keeps each argmax: both must
+    // give the reference's values, and the gradient must reach the reference's positions. Odd
+    // and even widths: rows are split into even and odd columns for stride 2.
     Random random(79);
     for (const Shape& shape : {Shape{2, 3, 11, 13}, Shape{1, 3, 10, 12}})
     for (const Pool2dOptions& options :
@@ -509,22 +532,44 @@ TEST_CASE("ops: max_pool2d gives the same values with and without a recorded bac
           Pool2dOptions{.kernel = 3, .stride = 1, .padding = 1, .dilation = 2},
           Pool2dOptions{.kernel = 2, .stride = 1, .padding = 1, .dilation = 7},
           Pool2dOptions{.kernel = 3, .stride = 3, .padding = 1}}) {
+        CAPTURE(shape);
+        CAPTURE(options.kernel.h);
+        CAPTURE(options.stride.w);
+        CAPTURE(options.dilation.h);
         Tensor<double> x(shape);
-        for (double& v : x) v = random.normal();
-        x[5] = std::numeric_limits<double>::quiet_NaN();
+        for (double& v : x) v = std::floor(random.uniform(-1, 3));
+        x[5] = x[7] = std::numeric_limits<double>::quiet_NaN();
         x[200] = std::numeric_limits<double>::quiet_NaN();
-        x[300] = -std::numeric_limits<double>::infinity();
+        x[300] = x[301] = -std::numeric_limits<double>::infinity();
         Tape<double> tape;
+        const Var<double> xv = tape.variable(x);
+        const Var<double> recorded = max_pool2d(xv, options);
         const Tensor<double> values = max_pool2d(tape.constant(x), options).value();
-        const Tensor<double> recorded = max_pool2d(tape.variable(x), options).value();
         REQUIRE(values.shape() == recorded.shape());
-        for (index_t i = 0; i < values.size(); ++i) {
-            INFO("output " << i);
-            if (std::isnan(recorded[i]))
-                CHECK(std::isnan(values[i]));
-            else
-                CHECK(values[i] == recorded[i]);
-        }
+        Tensor<double> dy(recorded.shape());
+        for (double& v : dy) v = random.normal();
+        const Tensor<double> dx = tape.gradient(recorded, dy, {xv})[0];
+
+        const index_t planes = shape[0] * shape[1], height = shape[2], width = shape[3];
+        const index_t out_h = recorded.shape()[2], out_w = recorded.shape()[3];
+        Tensor<double> expected_dx(shape);
+        for (index_t p = 0; p < planes; ++p)
+            for (index_t oh = 0; oh < out_h; ++oh)
+                for (index_t ow = 0; ow < out_w; ++ow) {
+                    const index_t o = (p * out_h + oh) * out_w + ow;
+                    INFO("output " << o);
+                    double expected = 0;
+                    const index_t at = max_pool_reference_argmax(
+                        x.data() + p * height * width, height, width, oh, ow, options, expected);
+                    if (at >= 0) expected_dx[p * height * width + at] += dy[o];
+                    for (const double got : {values[o], recorded.value()[o]}) {
+                        if (std::isnan(expected))
+                            CHECK(std::isnan(got));
+                        else
+                            CHECK(got == expected);
+                    }
+                }
+        check_close(dx, expected_dx, 1e-12, "gradient at the reference's argmax");
     }
 }
 
