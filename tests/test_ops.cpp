@@ -189,6 +189,11 @@ TEST_CASE("ops: conv2d's five lowerings equal the direct sum, forward and back, 
         // As ResNet's stem: 7 columns at stride 2 (each input row split into its even and odd
         // columns), an odd padding and an odd width.
         {Shape{2, 3, 41, 37}, Shape{8, 3, 7, 7}, {.stride = 2, .padding = 3}, Lowering::channel_major},
+        // One image: the input gradient by four bands of output rows on threads, the even
+        // bands, then the odd ones, which add into input rows the even ones added into too.
+        {Shape{1, 3, 75, 69}, Shape{8, 3, 7, 7}, {.stride = 2, .padding = 3}, Lowering::channel_major},
+        {Shape{1, 3, 64, 50}, Shape{6, 3, 5, 5}, {.stride = 2, .padding = 2}, Lowering::channel_major},
+        {Shape{1, 2, 40, 40}, Shape{3, 2, 5, 5}, {.padding = 4, .dilation = 2}, Lowering::channel_major},
         {Shape{1, 8, 33, 33}, Shape{12, 8, 1, 1}, {}, Lowering::channel_major},
         {Shape{1, 16, 66, 67}, Shape{20, 16, 3, 3}, {.padding = 1}, Lowering::winograd},
         // 81 tiles of 4x4 outputs, then 56 (and 64 for the input gradient).

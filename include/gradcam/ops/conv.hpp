@@ -353,6 +353,37 @@ void conv_channel_major(const T* x, const ConvGeometry& g, const MatrixView<T>& 
     });
 }
 
+// Its input gradient, dx += col2im(W_g^T * dY_g), by bands of output rows on threads, each
+// multiplied into the thread's own buffer and added into dx from there, as in the forward.
+// Neighbouring bands add into some of the same input rows, so the even bands run first, then
+// the odd ones: bands two apart are disjoint once a band is tall enough. ResNet's stem (147
+// rows, 112x112 outputs), timed inside a Guided Grad-CAM: 2.7 -> 2.1 ms, where multiplying the
+// whole image at once wrote a 7 MB product to memory and read it back (1.6 with col2im by row
+// pairs).
+template <class T>
+void conv_channel_major_adjoint(const T* dy, const ConvGeometry& g, const MatrixView<T>& w_g,
+                                T* dx) {
+    const index_t threads = parallel_threads(g.out_h, true);
+    // Bands b and b + 2 share no input row when (k - 1) d < (band + 1) s.
+    const index_t reach = (g.kernel_h - 1) * g.dilation_h;
+    const index_t min_rows = std::max<index_t>(1, reach / g.stride_h);
+    const index_t wanted = std::max<index_t>(2 * threads, (g.rows() * g.cols()) >> 17);
+    const index_t bands = std::max<index_t>(
+        1, std::min(g.out_h / min_rows, (wanted + 2 * threads - 1) / (2 * threads) * 2 * threads));
+    const index_t rows_per_band = (g.out_h + bands - 1) / bands;
+    for (index_t parity = 0; parity < 2; ++parity)
+        parallel_for((bands + 1 - parity) / 2, true, [&](index_t half, int) {
+            const index_t oh0 = (2 * half + parity) * rows_per_band;
+            const index_t oh1 = std::min(g.out_h, oh0 + rows_per_band);
+            if (oh0 >= oh1) return;
+            const index_t cols = (oh1 - oh0) * g.out_w;
+            T* col = thread_scratch<T>(g.rows() * cols);
+            gemm(w_g.transposed(), view(dy + oh0 * g.out_w, w_g.rows, cols, g.cols()), col, cols,
+                 false);
+            col2im_add(col, g, dx, oh0, oh1);
+        });
+}
+
 // Which lowering a convolution takes, the same way in the forward and the backward.
 struct ConvLowering {
     bool winograd_small = false;  // Winograd transposed, kernels packed and kept
@@ -499,18 +530,15 @@ Backward<T> conv2d_backward(const ConvGeometry& g, index_t groups, index_t out_c
                          true);
                 return;
             }
+            if (want_x && !dx_done)
+                conv_channel_major_adjoint(dy_group, g, w_g, dx + item * in_plane);
+            if (!want_w) return;
             T* col = thread_scratch<T>(g.rows() * rows_per_tile * g.out_w);
             for (index_t oh0 = 0; oh0 < g.out_h; oh0 += rows_per_tile) {
                 const index_t oh1 = std::min(g.out_h, oh0 + rows_per_tile), cols = (oh1 - oh0) * g.out_w;
                 const auto dy_tile = view(dy_group + oh0 * g.out_w, group_out, cols, g.cols());
-                if (want_x && !dx_done) {
-                    gemm(w_g.transposed(), dy_tile, col, cols, false);
-                    col2im_add(col, g, dx + item * in_plane, oh0, oh1);
-                }
-                if (want_w) {
-                    im2col(x_group, g, col, oh0, oh1);
-                    gemm(dy_tile, view(col, g.rows(), cols).transposed(), dw_g, g.rows(), true);
-                }
+                im2col(x_group, g, col, oh0, oh1);
+                gemm(dy_tile, view(col, g.rows(), cols).transposed(), dw_g, g.rows(), true);
             }
         });
         if (want_w) {
