@@ -14,8 +14,10 @@
 #include "gradcam/nn/sequential.hpp"
 #include "gradcam/ops/arithmetic.hpp"
 #include "gradcam/ops/reduce.hpp"
+#include "small_nets.hpp"
 
 using namespace gradcam;
+using small_nets::check_close;
 
 namespace {
 
@@ -193,6 +195,66 @@ TEST_CASE("tape: recording from a named layer keeps no backward state below it")
                          "layer '0' was computed but has been released: it lies before the "
                          "recording start '2'",
                          lookup_error);
+}
+
+TEST_CASE("tape: a value no backward reads is freed with its last Var; kept and held ones stay") {
+    // conv2d's backward reads neither its output nor (without weight gradients) its input;
+    // relu's reads only its output.
+    const Tensor<double> weight = ramp(Shape{2, 1, 3, 3}, -1.0, 0.125);
+    const auto forward = [&](Tape<double>& tape, const Var<double>& x, Var<double>* conv_out) {
+        Var<double> c = named(conv2d(x, tape.parameter(weight), {.padding = 1}), "conv");
+        if (conv_out) *conv_out = c;
+        return sum(relu(c));
+    };
+    const Tensor<double> image = ramp(Shape{1, 1, 4, 4}, -1.0, 0.125);
+    Tape<double> tape;
+    const Var<double> x = tape.variable(image);
+    const Var<double> y = forward(tape, x, nullptr);
+    CHECK_THROWS_WITH_AS(tape.find("conv"),
+                         doctest::Contains("layer 'conv' was computed but not kept"), lookup_error);
+    const Tensor<double> dx = tape.gradient(y, {x})[0];
+
+    // The same, keeping the convolution's output by name, and holding it by a Var.
+    Tape<double> keeping;
+    keeping.keep("conv");
+    const Var<double> kx = keeping.variable(image);
+    const Var<double> ky = forward(keeping, kx, nullptr);
+    Tape<double> holding;
+    const Var<double> hx = holding.variable(image);
+    Var<double> held;
+    const Var<double> hy = forward(holding, hx, &held);
+    check_close(keeping.find("conv").value(), held.value(), 0.0, "kept and held values");
+    check_close(keeping.gradient(ky, {kx})[0], dx, 1e-15, "kept");
+    check_close(holding.gradient(hy, {hx})[0], dx, 1e-15, "held");
+    // Each input pixel's gradient: the weights over the outputs whose convolution is positive.
+    Tensor<double> expected(image.shape());
+    const Tensor<double>& c = held.value();
+    for (index_t o = 0; o < 2; ++o)
+        for (index_t i = 0; i < 4; ++i)
+            for (index_t j = 0; j < 4; ++j)
+                if (c(0, o, i, j) > 0)
+                    for (index_t u = 0; u < 3; ++u)
+                        for (index_t v = 0; v < 3; ++v) {
+                            const index_t r = i + u - 1, s = j + v - 1;
+                            if (r >= 0 && r < 4 && s >= 0 && s < 4)
+                                expected(0, 0, r, s) += weight(o, 0, u, v);
+                        }
+    check_close(dx, expected, 1e-15, "input gradient");
+
+    // An op that says its backward does not read its output, and then does, is caught.
+    Tape<double> wrong;
+    const Var<double> w = wrong.variable(image);
+    // The op's result is not held past the expression that uses it, and relu reads only its own.
+    const Var<double> total = sum(relu(wrong.record(
+        "reads_what_it_said_it_would_not", image, {w},
+        [](const Node<double>& self, const Tensor<double>&, GradientSink<double>& sink) {
+            sink.of(0)[0] += self.value()[0];
+        },
+        BackwardReads{.output = false, .inputs = {}})));
+    CHECK_THROWS_WITH_AS(wrong.gradient(total, {w}),
+                         "the value of reads_what_it_said_it_would_not was freed: its op recorded "
+                         "that no backward reads it (BackwardReads)",
+                         std::logic_error);
 }
 
 namespace {

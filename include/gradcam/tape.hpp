@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <functional>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -37,6 +38,8 @@ template <class T>
 class Node;
 template <class T>
 class GradientSink;
+template <class T>
+class Var;
 
 // An op's backward: given the gradient of the loss with respect to the node's output, add the
 // gradient with respect to each input that `sink.wants(i)` into `sink.of(i)`.
@@ -44,10 +47,30 @@ template <class T>
 using Backward =
     std::function<void(const Node<T>& self, const Tensor<T>& grad_output, GradientSink<T>& sink)>;
 
+// Which values an op's backward reads (shapes can always be read). The tape keeps those for the
+// backward; a value no backward reads is freed with the last Var that refers to it, as in
+// inference, so that a recorded forward reuses memory still in cache and holds no more than the
+// backward needs. By default everything is read.
+struct BackwardReads {
+    bool output = true;
+    std::vector<bool> inputs;  // by input; empty: all of them
+    bool input(std::size_t i) const { return inputs.empty() || (i < inputs.size() && inputs[i]); }
+};
+
 template <class T>
 class Node {
   public:
-    const Tensor<T>& value() const { return external_ ? *external_ : value_; }
+    // Throws logic_error for a value freed because no backward reads it (see BackwardReads).
+    const Tensor<T>& value() const {
+        if (external_) return *external_;
+        if (!held_ && value_.expired())
+            throw std::logic_error(detail::concat("the value of ", label(),
+                                                  " was freed: its op recorded that no backward "
+                                                  "reads it (BackwardReads)"));
+        return *raw_value_;
+    }
+    // The value's shape, also once the value is freed.
+    const Shape& shape() const { return external_ ? external_->shape() : shape_; }
     const std::string& op() const { return op_; }
     const std::vector<std::string>& names() const { return names_; }
     std::size_t input_count() const { return inputs_.size(); }
@@ -72,8 +95,14 @@ class Node {
   private:
     friend class Tape<T>;
     friend class GradientSink<T>;
+    friend class Var<T>;
 
-    Tensor<T> value_;
+    // The value is shared with the Vars that refer to the node; the node holds it too (held_)
+    // unless no backward reads it.
+    std::weak_ptr<Tensor<T>> value_;
+    std::shared_ptr<Tensor<T>> held_;
+    Tensor<T>* raw_value_ = nullptr;
+    Shape shape_;
     const Tensor<T>* external_ = nullptr;  // a parameter or constant referred to without a copy
     std::string op_;
     std::vector<std::string> names_;
@@ -93,7 +122,7 @@ class Var {
     Var() = default;
 
     const Tensor<T>& value() const { return node().value(); }
-    const Shape& shape() const { return node().value().shape(); }
+    const Shape& shape() const { return node().shape(); }
     const Node<T>& node() const {
         if (!node_) throw argument_error("use of an empty gradcam::Var");
         return *node_;
@@ -106,8 +135,10 @@ class Var {
 
   private:
     friend class Tape<T>;
-    explicit Var(std::shared_ptr<Node<T>> node) : node_(std::move(node)) {}
+    explicit Var(std::shared_ptr<Node<T>> node)
+        : node_(std::move(node)), value_(node_ ? node_->value_.lock() : nullptr) {}
     std::shared_ptr<Node<T>> node_;
+    std::shared_ptr<Tensor<T>> value_;  // null for a parameter or constant referred to
 };
 
 // What an op's backward closure writes into.
@@ -129,7 +160,7 @@ class GradientSink {
                                " requested, but it is not wanted; ask wants(i) first"));
         const Node<T>& in = *node_->inputs_[i];
         auto& slot = (*grads_)[index(in)];
-        if (!slot) slot = std::make_unique<Tensor<T>>(in.value().shape());
+        if (!slot) slot = std::make_unique<Tensor<T>>(in.shape());
         return *slot;
     }
 
@@ -142,7 +173,7 @@ class GradientSink {
             const Node<T>& in = *node_->inputs_[i];
             auto& slot = (*grads_)[index(in)];
             if (!slot) {
-                slot = std::make_unique<Tensor<T>>(Tensor<T>::uninitialized(in.value().shape()));
+                slot = std::make_unique<Tensor<T>>(Tensor<T>::uninitialized(in.shape()));
                 fresh = true;
             }
         }
@@ -157,8 +188,7 @@ class GradientSink {
         if (!wants(i)) return false;
         auto& own = (*grads_)[index(*node_)];
         auto& slot = (*grads_)[index(*node_->inputs_[i])];
-        if ((*is_wrt_)[index(*node_)] || slot || !own ||
-            own->shape() != node_->inputs_[i]->value().shape())
+        if ((*is_wrt_)[index(*node_)] || slot || !own || own->shape() != node_->inputs_[i]->shape())
             return false;
         slot = std::move(own);
         return true;
@@ -239,20 +269,27 @@ class Tape {
     bool recording() const { return recording_; }
 
     // Append an op's result. When no input is differentiable, or recording is off, the node
-    // keeps neither its inputs nor its closure.
+    // keeps neither its inputs nor its closure. The values `reads` names stay with the tape.
     Var<T> record(std::string op, Tensor<T> value, const std::vector<Var<T>>& inputs,
-                  Backward<T> backward) {
+                  Backward<T> backward, const BackwardReads& reads = {}) {
         auto node = make_node(std::move(op), std::move(value));
         if (recording_ && std::any_of(inputs.begin(), inputs.end(), [&](const Var<T>& in) {
                 return in.node_ && in.node().differentiable();
             })) {
-            for (const Var<T>& in : inputs) {
+            for (std::size_t i = 0; i < inputs.size(); ++i) {
+                const Var<T>& in = inputs[i];
                 if (!in.node_) continue;
                 check_same_tape(in, node->op_.c_str());
                 node->inputs_.push_back(in.node_);
+                if (reads.input(i)) hold(in);
             }
             node->backward_ = std::move(backward);
             append(node);
+            if (!reads.output) {
+                Var<T> result(node);
+                node->held_.reset();  // the Vars alone keep it, until it is kept by name
+                return result;
+            }
         }
         return Var<T>(std::move(node));
     }
@@ -265,8 +302,8 @@ class Tape {
     }
 
     // Keep the value that will be named `name` for find(), even if nothing records it (as a
-    // forward hook would), and not fused away (may_fuse). Values gradients can reach are kept
-    // anyway unless fused; others are released as soon as the forward moves past them.
+    // forward hook would), and not fused away (may_fuse). Values a recorded backward reads are
+    // kept anyway; others are released as soon as the forward moves past them.
     void keep(std::string name) { keep_.push_back(std::move(name)); }
 
     // May one op compute from `input` the values that would be named `names` without handing
@@ -315,6 +352,7 @@ class Tape {
         entry.before_start = !recording_;
         entry.fused = false;
         entry.kept = std::find(keep_.begin(), keep_.end(), name) != keep_.end() ? v.node_ : nullptr;
+        if (entry.kept) hold(v);
     }
 
     // The value named `name`. Throws lookup_error listing the known names if there is none.
@@ -332,7 +370,7 @@ class Tape {
             throw lookup_error(detail::concat(
                 "layer '", name, "' was computed but has been released: it lies before the ",
                 "recording start '", record_from_, "'"));
-        if (!node)
+        if (!node || (!node->held_ && node->value_.expired()))
             throw lookup_error(
                 detail::concat("layer '", name, "' was computed but not kept: nothing on the tape ",
                                "needs it; call keep(\"", name, "\") before the forward, or make ",
@@ -471,10 +509,18 @@ class Tape {
     std::shared_ptr<Node<T>> make_node(std::string op, Tensor<T> value) {
         auto node = std::make_shared<Node<T>>();
         node->op_ = std::move(op);
-        node->value_ = std::move(value);
+        node->shape_ = value.shape();
+        node->held_ = std::make_shared<Tensor<T>>(std::move(value));
+        node->value_ = node->held_;
+        node->raw_value_ = node->held_.get();
         node->tape_ = this;
         node->tape_alive_ = alive_;
         return node;
+    }
+
+    // Keeps v's value with its node, for a backward or for find().
+    static void hold(const Var<T>& v) {
+        if (!v.node_->held_) v.node_->held_ = v.value_;
     }
 
     void append(const std::shared_ptr<Node<T>>& node) {

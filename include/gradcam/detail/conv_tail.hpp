@@ -5,6 +5,8 @@
 // instead of in passes of their own over the whole output.
 #pragma once
 
+#include <cstdint>
+
 #include "gradcam/detail/eigen.hpp"
 
 namespace gradcam::detail {
@@ -15,6 +17,7 @@ struct ConvTail {
     const T* mean = nullptr, *scale = nullptr, *shift = nullptr;    // per output channel
     const T* residual = nullptr;  // laid out as the output
     bool relu = false;
+    std::uint8_t* relu_mask = nullptr;  // with relu: [y > 0], laid out as the output, if wanted
 
     bool empty() const { return !bias && !mean && !residual && !relu; }
 
@@ -29,6 +32,7 @@ struct ConvTail {
             t.shift += first_channel;
         }
         if (residual) t.residual += offset;
+        if (relu_mask) t.relu_mask += offset;
         return t;
     }
 
@@ -37,10 +41,13 @@ struct ConvTail {
         auto v = array(y, count);
         if (bias) v += bias[k];
         const auto finish = [&](const auto& value) {
-            if (relu)
+            if (relu) {
                 v = value.max(T(0));
-            else
+                if (relu_mask)
+                    array(relu_mask + offset, count) = (v > T(0)).template cast<std::uint8_t>();
+            } else {
                 v = value;
+            }
         };
         if (mean) {
             const auto normalised = (v - mean[k]) * scale[k] + shift[k];

@@ -464,9 +464,10 @@ Backward<T> conv2d_backward(const ConvGeometry& g, index_t groups, index_t out_c
     return [g, groups, group_out, in_plane, out_plane, lowering, has_bias](
                const Node<T>& self, const Tensor<T>& dy, GradientSink<T>& sink) {
         const index_t rows_per_tile = lowering.rows_per_tile;
-        const Tensor<T>& xv = self.input(0).value();
+        // x's values only for the weight gradient: an op may record that it does not read them.
+        const Shape& x_shape = self.input(0).shape();
         const Tensor<T>& wv = self.input(1).value();
-        const index_t batch = xv.shape()[0];
+        const index_t batch = x_shape[0];
         const bool want_x = sink.wants(0), want_w = sink.wants(1);
         const bool want_b = has_bias && sink.wants(2);
         bool fresh = false;  // dx is uninitialised: assign to it rather than add
@@ -475,11 +476,11 @@ Backward<T> conv2d_backward(const ConvGeometry& g, index_t groups, index_t out_c
         // (padded by 2 - p) back to x, with the products transposed or not as suits that
         // convolution's own geometry (with p = 0 it is larger than the forward's). Its kernels
         // are kept with the weights whatever their size: a Grad-CAM's backward pass does not come
-        // down to these layers, and the passes that do need memory for every activation anyway.
+        // down to these layers, and the passes that do (to the input) trade that memory for speed.
         const bool winograd_dx = want_x && (lowering.winograd || lowering.winograd_small) &&
                                  winograd_adjoint_applies(g);
         if (fresh && !g.is_pointwise() && !winograd_dx)
-            std::fill_n(dx, xv.size(), T(0));  // col2im adds
+            std::fill_n(dx, x_shape.numel(), T(0));  // col2im adds
         std::optional<WinogradConvolution<T>> adjoint_winograd;
         if (winograd_dx) {
             const ConvGeometry adjoint = winograd_adjoint(g, group_out);
@@ -502,7 +503,7 @@ Backward<T> conv2d_backward(const ConvGeometry& g, index_t groups, index_t out_c
             const index_t gi = item % groups;
             const T* dy_group = dy.data() + item * out_plane;
             const auto w_g = view(wv.data() + gi * group_out * g.rows(), group_out, g.rows());
-            const T* x_group = xv.data() + item * in_plane;
+            const T* x_group = want_w ? self.input(0).value().data() + item * in_plane : nullptr;
             T* dw_g = want_w ? dw_partial[static_cast<std::size_t>(thread)].data() +
                                    gi * group_out * g.rows()
                              : nullptr;
@@ -570,9 +571,12 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
     Tensor<T> y = detail::conv2d_forward(x.value(), weight.value(), tail, g, options.groups);
     auto backward =
         detail::conv2d_backward<T>(g, options.groups, weight.shape()[0], static_cast<bool>(bias));
+    // x only for the weight gradient; the output not at all.
+    const BackwardReads reads{.output = false, .inputs = {weight.differentiable(), true}};
     if (bias)
-        return x.tape().record("conv2d", std::move(y), {x, weight, bias}, std::move(backward));
-    return x.tape().record("conv2d", std::move(y), {x, weight}, std::move(backward));
+        return x.tape().record("conv2d", std::move(y), {x, weight, bias}, std::move(backward),
+                               reads);
+    return x.tape().record("conv2d", std::move(y), {x, weight}, std::move(backward), reads);
 }
 
 template <class T>

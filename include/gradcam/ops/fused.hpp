@@ -8,6 +8,7 @@
 // nn::conv_batch_norm chooses it only where that holds.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -29,7 +30,8 @@ struct BatchNormConstants {
 
 // forward:  as above; the batch norm's arithmetic is batch_norm2d's, so the values are the
 //           same as those of the separate ops.
-// backward: g = dy through the ReLU (under the pass's ReluRule), d residual += g,
+// backward: g = dy through the ReLU (under the pass's ReluRule, by the sign of y kept as a
+//           byte per value), d residual += g,
 //           then conv2d's backward with dz = g * a_c.
 template <class T>
 Var<T> conv2d_batch_norm(const Var<T>& x, const Var<T>& weight, const Var<T>& bias,
@@ -59,14 +61,25 @@ Var<T> conv2d_batch_norm(const Var<T>& x, const Var<T>& weight, const Var<T>& bi
     tail.shift = b.data();
     if (residual) tail.residual = residual.value().data();
     tail.relu = relu;
+    std::vector<Var<T>> inputs{x, weight};
+    if (bias) inputs.push_back(bias);
+    if (residual) inputs.push_back(residual);
+    // The backward gates by [y > 0], kept a byte per value (a tensor, so from the buffer cache)
+    // rather than by y itself, which is then freed as in inference once the forward has used it.
+    Tensor<std::uint8_t> relu_mask;
+    if (relu && x.tape().will_record(inputs)) {
+        relu_mask = Tensor<std::uint8_t>::uninitialized(out_shape);  // every value is written
+        tail.relu_mask = relu_mask.data();
+    }
     Tensor<T> y = detail::conv2d_forward(x.value(), weight.value(), tail, g, options.groups);
 
     const bool has_bias = static_cast<bool>(bias);
     const std::size_t residual_at = has_bias ? 3 : 2;
     auto conv_backward = detail::conv2d_backward<T>(g, options.groups, channels, has_bias);
-    auto backward = [conv_backward = std::move(conv_backward), a = std::move(a), channels, plane,
-                     relu, has_residual = static_cast<bool>(residual), has_bias, residual_at](
-                        const Node<T>& self, const Tensor<T>& dy, GradientSink<T>& sink) {
+    auto backward = [conv_backward = std::move(conv_backward), a = std::move(a),
+                     relu_mask = std::move(relu_mask), channels, plane, relu,
+                     has_residual = static_cast<bool>(residual), has_bias,
+                     residual_at](const Node<T>& self, const Tensor<T>& dy, GradientSink<T>& sink) {
         const bool want_conv = sink.wants(0) || sink.wants(1) || (has_bias && sink.wants(2));
         const bool want_residual = has_residual && sink.wants(residual_at);
         Tensor<T> dz = want_conv ? Tensor<T>::uninitialized(dy.shape()) : Tensor<T>();
@@ -86,19 +99,20 @@ Var<T> conv2d_batch_norm(const Var<T>& x, const Var<T>& weight, const Var<T>& bi
             };
             const auto g = detail::array(dy.data() + offset, plane);
             if (relu)
-                detail::relu_gated(rule, detail::array(self.value().data() + offset, plane), g, tail);
+                detail::relu_gated(
+                    rule, detail::array(relu_mask.data() + offset, plane).template cast<T>(), g,
+                    tail);
             else
                 tail(g);
         });
         if (want_conv) conv_backward(self, dz, sink);
     };
 
-    std::vector<Var<T>> inputs{x, weight};
-    if (bias) inputs.push_back(bias);
-    if (residual) inputs.push_back(residual);
     const std::string op = std::string("conv2d+batch_norm2d") + (residual ? "+add" : "") +
                            (relu ? "+relu" : "");
-    return x.tape().record(op, std::move(y), inputs, std::move(backward));
+    // x only for the weight gradient; the bias's and residual's gradients need no values.
+    const BackwardReads reads{.output = false, .inputs = {weight.differentiable(), true}};
+    return x.tape().record(op, std::move(y), inputs, std::move(backward), reads);
 }
 
 }  // namespace gradcam

@@ -196,7 +196,8 @@ Var<T> max_pool2d(const Var<T>& x, const Pool2dOptions& options = {}) {
             };
             detail::parallel_for(dy.size() / out_plane, dy.size() >= detail::parallel_grain,
                                  plane_gradient);
-        });
+        },
+        BackwardReads{.output = false, .inputs = {false}});
 }
 
 namespace detail {

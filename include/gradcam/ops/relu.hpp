@@ -58,7 +58,8 @@ Var<T> relu(const Var<T>& x) {
                                    detail::array(dy.data() + begin, count),
                                    [&](const auto& gated) { detail::assign_or_add(dx, gated, fresh); });
             });
-        });
+        },
+        BackwardReads{.output = true, .inputs = {false}});
 }
 
 }  // namespace gradcam
