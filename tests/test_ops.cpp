@@ -256,6 +256,45 @@ TEST_CASE("ops: conv2d's five lowerings equal the direct sum, forward and back, 
     }
 }
 
+TEST_CASE("ops: a strided 1x1 convolution's input gradient is assigned or added, by either lowering") {
+    // Every input value is read by one output at most: the input gradient is written in one
+    // pass, zeros between the strided pixels, or added where an earlier backward wrote first.
+    Random random(97);
+    struct Case {
+        Shape x, w;
+        Size2 stride;
+        bool pixel_major;
+    };
+    for (const Case& c : {Case{Shape{1, 8, 30, 29}, Shape{4, 8, 1, 1}, 2, false},
+                          Case{Shape{2, 6, 16, 15}, Shape{5, 6, 1, 1}, {3, 2}, false},
+                          Case{Shape{1, 40, 9, 10}, Shape{12, 40, 1, 1}, 2, true}}) {
+        CAPTURE(c.x);
+        const Conv2dOptions options{.stride = c.stride};
+        const detail::ConvGeometry g = detail::conv_geometry(c.x, c.w, nullptr, options);
+        REQUIRE(g.is_strided_pointwise());
+        REQUIRE(detail::pixel_major_applies<double>(g) == c.pixel_major);
+        Tensor<double> x(c.x), w(c.w), q(c.x);
+        for (double& v : x) v = random.normal();
+        for (double& v : w) v = random.normal();
+        for (double& v : q) v = random.normal();
+        for (const bool after_another : {false, true}) {
+            CAPTURE(after_another);
+            Tape<double> tape;
+            const Var<double> xv = tape.variable(x);
+            const Var<double> y = conv2d(xv, tape.parameter(w), options);
+            Tensor<double> r(y.shape());
+            for (double& v : r) v = random.normal();
+            Var<double> loss = sum(mul(tape.constant(r), y));
+            // Recorded after the convolution, so its backward writes x's gradient first.
+            if (after_another) loss = loss + sum(mul(tape.constant(q), xv));
+            Tensor<double> expected = direct_conv2d(x, w, nullptr, r, options).dx;
+            if (after_another)
+                for (index_t i = 0; i < expected.size(); ++i) expected[i] += q[i];
+            check_close(tape.gradient(loss, {xv})[0], expected, 1e-12, "input gradient");
+        }
+    }
+}
+
 TEST_CASE("ops: conv2d_batch_norm equals conv2d, batch_norm2d, add and relu one after another, under every ReLU rule") {
     Random random(83);
     struct Case {

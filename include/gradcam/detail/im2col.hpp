@@ -24,6 +24,11 @@ struct ConvGeometry {
         return kernel_h == 1 && kernel_w == 1 && stride_h == 1 && stride_w == 1 && pad_h == 0 &&
                pad_w == 0;
     }
+    // A 1x1 kernel without padding at a larger stride (ResNet's downsampling shortcuts): each
+    // input value is read by one output at most.
+    bool is_strided_pointwise() const {
+        return kernel_h == 1 && kernel_w == 1 && pad_h == 0 && pad_w == 0 && !is_pointwise();
+    }
 };
 
 // The output columns ow whose input column ow * stride + offset lies inside [0, width):
@@ -207,6 +212,26 @@ void col2im_add(const T* col, const ConvGeometry& g, T* x, index_t oh0, index_t 
                         line[offset + ow * g.stride_w] += in[ow];
                 }
             }
+    });
+}
+
+// The adjoint of im2col for a strided pointwise convolution: x[c][oh * s_h][ow * s_w] (= or +=)
+// the value for channel c and output pixel p = oh * out_w + ow, at values[c * channel_step +
+// p * pixel_step] (col, or col^T). Assigning writes the values in between as zeros in the same
+// pass, where col2im_add would need x zeroed first: a whole pass over x, 4 times the values.
+template <class T>
+void col2im_pointwise(const T* values, index_t channel_step, index_t pixel_step,
+                      const ConvGeometry& g, T* x, bool assign) {
+    const index_t plane = g.height * g.width;
+    parallel_for(g.channels, g.channels * plane >= parallel_grain, [&](index_t c, int) {
+        for (index_t ih = 0; ih < g.height; ++ih) {
+            T* line = x + c * plane + ih * g.width;
+            if (assign) std::fill_n(line, g.width, T(0));
+            const index_t oh = ih / g.stride_h;
+            if (ih % g.stride_h || oh >= g.out_h) continue;
+            const T* from = values + c * channel_step + oh * g.out_w * pixel_step;
+            for (index_t ow = 0; ow < g.out_w; ++ow) line[ow * g.stride_w] += from[ow * pixel_step];
+        }
     });
 }
 

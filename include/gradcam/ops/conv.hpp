@@ -137,8 +137,8 @@ void conv_pixel_major(const T* x, const ConvGeometry& g, const typename PixelMaj
 }
 
 // Its input gradient, dx += col2im((dY^T W)^T) with W packed as its adjoint; for a pointwise
-// convolution dx = (or += with `accumulate`) (dY^T W)^T. The whole image at once: these
-// outputs are small.
+// convolution, strided or not, dx = (or += with `accumulate`) (dY^T W)^T, spread out by the
+// stride. The whole image at once: these outputs are small.
 template <class T>
 void conv_pixel_major_adjoint(const T* dy, const ConvGeometry& g, const typename PixelMajorKernel<T>::PackedRight& w,
                               index_t group_out, T* dx, bool accumulate) {
@@ -152,7 +152,10 @@ void conv_pixel_major_adjoint(const T* dy, const ConvGeometry& g, const typename
         return;
     }
     gemm_parts<PixelMajorKernel<T>>(dy_t, w_shape, &w, dcol_t, ld, false, true);
-    col2im_add_transposed(dcol_t, ld, g, dx);
+    if (g.is_strided_pointwise())
+        col2im_pointwise(dcol_t, index_t(1), ld, g, dx, !accumulate);
+    else
+        col2im_add_transposed(dcol_t, ld, g, dx);
 }
 #endif
 
@@ -479,8 +482,9 @@ Backward<T> conv2d_backward(const ConvGeometry& g, index_t groups, index_t out_c
         // down to these layers, and the passes that do (to the input) trade that memory for speed.
         const bool winograd_dx = want_x && (lowering.winograd || lowering.winograd_small) &&
                                  winograd_adjoint_applies(g);
-        if (fresh && !g.is_pointwise() && !winograd_dx)
-            std::fill_n(dx, x_shape.numel(), T(0));  // col2im adds
+        // Both pointwise lowerings assign; col2im adds.
+        const bool assigns = g.is_pointwise() || g.is_strided_pointwise();
+        if (fresh && !assigns && !winograd_dx) std::fill_n(dx, x_shape.numel(), T(0));
         std::optional<WinogradConvolution<T>> adjoint_winograd;
         if (winograd_dx) {
             const ConvGeometry adjoint = winograd_adjoint(g, group_out);
@@ -515,9 +519,9 @@ Backward<T> conv2d_backward(const ConvGeometry& g, index_t groups, index_t out_c
             }
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
             if (adjoint_packed) {
-                conv_pixel_major_adjoint(dy_group, g, (*adjoint_packed)[static_cast<std::size_t>(gi)],
-                                         group_out, dx + item * in_plane,
-                                         !(fresh && g.is_pointwise()));
+                conv_pixel_major_adjoint(dy_group, g,
+                                         (*adjoint_packed)[static_cast<std::size_t>(gi)], group_out,
+                                         dx + item * in_plane, !(fresh && assigns));
                 dx_done = true;
                 if (!want_w) return;
             }
@@ -531,8 +535,14 @@ Backward<T> conv2d_backward(const ConvGeometry& g, index_t groups, index_t out_c
                          true);
                 return;
             }
-            if (want_x && !dx_done)
+            if (want_x && !dx_done && g.is_strided_pointwise()) {
+                // One product for the image, its threads inside, then spread out by the stride.
+                T* col = thread_scratch<T>(g.rows() * g.cols());
+                gemm(w_g.transposed(), view(dy_group, group_out, g.cols()), col, g.cols(), false);
+                col2im_pointwise(col, g.cols(), index_t(1), g, dx + item * in_plane, fresh);
+            } else if (want_x && !dx_done) {
                 conv_channel_major_adjoint(dy_group, g, w_g, dx + item * in_plane);
+            }
             if (!want_w) return;
             T* col = thread_scratch<T>(g.rows() * rows_per_tile * g.out_w);
             for (index_t oh0 = 0; oh0 < g.out_h; oh0 += rows_per_tile) {
