@@ -154,6 +154,8 @@ void conv_pixel_major_adjoint(const T* dy, const ConvGeometry& g, const typename
     gemm_parts<PixelMajorKernel<T>>(dy_t, w_shape, &w, dcol_t, ld, false, true);
     if (g.is_strided_pointwise())
         col2im_pointwise(dcol_t, index_t(1), ld, g, dx, !accumulate);
+    else if (g.stride_w == 2 && g.dilation_w == 1)
+        col2im_add_transposed_by_blocks(dcol_t, ld, g, dx);
     else
         col2im_add_transposed(dcol_t, ld, g, dx);
 }
