@@ -63,11 +63,14 @@ class Node {
     // Throws logic_error for a value freed because no backward reads it (see BackwardReads).
     const Tensor<T>& value() const {
         if (external_) return *external_;
-        if (!held_ && value_.expired())
+        if (held_) return *held_;
+        // Not the last owner when it succeeds: the Vars that keep the value alive remain.
+        const std::shared_ptr<Tensor<T>> shared = value_.lock();
+        if (!shared)
             throw std::logic_error(detail::concat("the value of ", label(),
                                                   " was freed: its op recorded that no backward "
                                                   "reads it (BackwardReads)"));
-        return *raw_value_;
+        return *shared;
     }
     // The value's shape, also once the value is freed.
     const Shape& shape() const { return external_ ? external_->shape() : shape_; }
@@ -101,7 +104,6 @@ class Node {
     // unless no backward reads it.
     std::weak_ptr<Tensor<T>> value_;
     std::shared_ptr<Tensor<T>> held_;
-    Tensor<T>* raw_value_ = nullptr;
     Shape shape_;
     const Tensor<T>* external_ = nullptr;  // a parameter or constant referred to without a copy
     std::string op_;
@@ -512,7 +514,6 @@ class Tape {
         node->shape_ = value.shape();
         node->held_ = std::make_shared<Tensor<T>>(std::move(value));
         node->value_ = node->held_;
-        node->raw_value_ = node->held_.get();
         node->tape_ = this;
         node->tape_alive_ = alive_;
         return node;

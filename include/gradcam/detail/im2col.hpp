@@ -30,6 +30,9 @@ struct ConvGeometry {
     bool is_strided_pointwise() const {
         return kernel_h == 1 && kernel_w == 1 && pad_h == 0 && pad_w == 0 && !is_pointwise();
     }
+    // Wide kernels at a horizontal stride of 2 go through the input rows' even and odd columns
+    // (im2col_row_pairs, col2im_row_pairs); with 3 columns splitting costs more than it saves.
+    bool by_row_pairs() const { return stride_w == 2 && dilation_w == 1 && kernel_w >= 5; }
 };
 
 // The output columns ow whose input column ow * stride + offset lies inside [0, width):
@@ -105,7 +108,7 @@ void im2col(const T* x, const ConvGeometry& g, T* col, index_t oh0, index_t oh1)
     const bool parallel = g.rows() * tile_cols >= parallel_grain;
     parallel_for(g.channels * g.kernel_h, parallel, [&](index_t ci, int) {
         const index_t c = ci / g.kernel_h, i = ci % g.kernel_h;
-        if (g.stride_w == 2 && g.dilation_w == 1 && g.kernel_w >= 5) {
+        if (g.by_row_pairs()) {
             im2col_row_pairs(x + c * plane, g, i, col + ci * g.kernel_w * tile_cols, tile_cols, oh0,
                              oh1);
             return;
@@ -189,7 +192,7 @@ void col2im_add(const T* col, const ConvGeometry& g, T* x, index_t oh0, index_t 
     parallel_for(g.channels * bands, parallel, [&](index_t item, int) {
         const index_t c = item / bands, band = item % bands;
         const index_t h0 = g.height * band / bands, h1 = g.height * (band + 1) / bands;
-        if (g.stride_w == 2 && g.dilation_w == 1 && g.kernel_w >= 5) {
+        if (g.by_row_pairs()) {
             // The input rows that the output rows [oh0, oh1) read.
             const index_t top = std::max(h0, oh0 * g.stride_h - g.pad_h);
             const index_t bottom = std::min(

@@ -61,10 +61,6 @@ inline PoolGeometry pool_geometry(const Shape& x, const Pool2dOptions& o, const 
     return g;
 }
 
-}  // namespace detail
-
-namespace detail {
-
 // One plane of a max pool, in two passes that read contiguously and vectorise: the maximum over
 // the kernel's columns, once per input row, then over its rows. Each input row is split into
 // stride_w phases (phase r holding columns r, r + stride_w, ...) first. With `argmax`, each
