@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <stdexcept>
 #include <type_traits>
 
 #if defined(__GNUC__) && defined(__AVX__)
@@ -355,6 +356,85 @@ struct GemmKernel {
             return panels.get() + pc * padded_cols + j * std::min(kc, rows - pc);
         }
     };
+
+    // C (b.rows x n, rows ldc apart) = B D: a packed right operand multiplied from the left,
+    // by D (b.cols x n, rows ldd apart) no wider than four vectors. B's values are broadcast
+    // from its panels where they lie (a panel's rows are nr apart) and D's rows are loaded in
+    // whole vectors, reading fewer than `lanes` values past each row's end (they reach only
+    // lanes of C that are not stored). For F(2x2, 3x3)'s input gradient by the forward's own
+    // kernels (detail/winograd.hpp); one thread.
+    static void multiply_packed_on_left(const PackedRight& b, const T* d, index_t ldd, index_t n,
+                                        T* c, index_t ldc) {
+        switch ((n + lanes - 1) / lanes) {
+            case 1:
+                return packed_on_left<1>(b, d, ldd, n, c, ldc);
+            case 2:
+                return packed_on_left<2>(b, d, ldd, n, c, ldc);
+            case 3:
+                return packed_on_left<3>(b, d, ldd, n, c, ldc);
+            case 4:
+                return packed_on_left<4>(b, d, ldd, n, c, ldc);
+            default:
+                throw std::logic_error("multiply_packed_on_left: D wider than four vectors");
+        }
+    }
+
+    // A block of B's rows at a time, and in it a panel at a time, so that B is read in the
+    // order it lies in memory (the lines of the next tile asked for ahead); C's rows of the block
+    // stay in cache across the panels.
+    template <int DVectors>
+    static void packed_on_left(const PackedRight& b, const T* d, index_t ldd, index_t n, T* c,
+                               index_t ldc) {
+        // As many rows of accumulators as leave a few vector registers for D's row and B's value.
+        constexpr index_t registers = gemm_vector_bytes == 64 ? 32 : 16;
+        constexpr int rows = std::min<int>(16, (registers - 4) / DVectors);
+        for (index_t pc = 0; pc < b.rows; pc += kc) {
+            const index_t depth = std::min(kc, b.rows - pc);
+            for (index_t j = 0; j < b.cols; j += nr) {
+                const T* panel = b.block(pc, j);
+                const T* dj = d + j * ldd;
+                const index_t steps = std::min(nr, b.cols - j);
+                index_t r0 = 0;
+                for (; r0 + rows <= depth; r0 += rows)
+                    packed_on_left_tile<rows, DVectors>(panel + r0 * nr, steps, dj, ldd, n,
+                                                        c + (pc + r0) * ldc, ldc, j > 0);
+                for (; r0 < depth; ++r0)
+                    packed_on_left_tile<1, DVectors>(panel + r0 * nr, steps, dj, ldd, n,
+                                                     c + (pc + r0) * ldc, ldc, j > 0);
+            }
+        }
+    }
+
+    // C's TileRows rows (+= with `add`) = the product of TileRows rows of a panel of B (nr
+    // apart) and `steps` rows of D.
+    template <int TileRows, int DVectors>
+    [[gnu::always_inline]] static void packed_on_left_tile(const T* a, index_t steps, const T* d,
+                                                           index_t ldd, index_t n, T* c,
+                                                           index_t ldc, bool add) {
+        Vec acc[TileRows][DVectors];
+        for (auto& row : acc)
+            for (Vec& v : row) v = Vec{};
+        for (index_t k = 0; k < steps; ++k) {
+            __builtin_prefetch(a + TileRows * nr + k * (64 / sizeof(T)));
+            Vec dk[DVectors];
+            for (int v = 0; v < DVectors; ++v) dk[v] = load(d + k * ldd + v * lanes);
+#pragma GCC unroll 16
+            for (int r = 0; r < TileRows; ++r) {
+                const Vec ar = broadcast(a[r * nr + k]);
+                for (int v = 0; v < DVectors; ++v) acc[r][v] = multiply_add(ar, dk[v], acc[r][v]);
+            }
+        }
+        for (int r = 0; r < TileRows; ++r) {
+            T* out = c + r * ldc;
+            if (n == DVectors * lanes) {
+                for (int v = 0; v < DVectors; ++v)
+                    store(out + v * lanes, add ? acc[r][v] + load(out + v * lanes) : acc[r][v]);
+                continue;
+            }
+            for (index_t j = 0; j < n; ++j)
+                out[j] = add ? out[j] + acc[r][j / lanes][j % lanes] : acc[r][j / lanes][j % lanes];
+        }
+    }
 
     // B for one thread's part of C: a matrix to pack as it goes, or columns [first, first +
     // cols) of a PackedRight.

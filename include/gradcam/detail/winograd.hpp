@@ -346,6 +346,44 @@ void winograd_input_transform(const T* x, const ConvGeometry& g, index_t ty0, in
         winograd_input_transform_by_channel<Form>(x, g, ty0, ty1, v, parallel);
 }
 
+// Y = A^T M A for the tile rows [ty0, ty1), from M[e][k][tile] (the tiles of those rows), cut
+// to the output's edge: into y (or added to it, with `accumulate`), `tail` applied to each
+// output row as it is written. A row of tiles at a time, as the input transform goes.
+template <class Form, class T>
+void winograd_output_transform(const T* products, index_t K, const ConvGeometry& g, index_t ty0,
+                               index_t ty1, T* y, bool accumulate, const ConvTail<T>* tail,
+                               bool parallel) {
+    constexpr index_t m = Form::m, t = Form::t;
+    const index_t tiles_w = winograd_tiles_w<Form>(g), tiles = (ty1 - ty0) * tiles_w;
+    parallel_for(K, parallel, [&](index_t k, int) {
+        std::vector<T> buffer((m * t + m) * tiles_w);
+        T* s = buffer.data();                      // A^T M: m rows of t values per tile
+        T* row = buffer.data() + m * t * tiles_w;  // one output row
+        T* plane = y + k * g.out_h * g.out_w;
+        const index_t e_stride = K * tiles;
+        for (index_t ty = ty0; ty < ty1; ++ty) {
+            const T* mk = products + k * tiles + (ty - ty0) * tiles_w;
+            for (index_t b = 0; b < t; ++b)
+                for (index_t tx = 0; tx < tiles_w; ++tx)
+                    Form::template output<T>(
+                        [&](index_t a) { return mk[(a * t + b) * e_stride + tx]; },
+                        [&](index_t i, T value) { s[(i * t + b) * tiles_w + tx] = value; });
+            for (index_t i = 0; i < m && m * ty + i < g.out_h; ++i) {
+                const T* si = s + i * t * tiles_w;
+                for (index_t tx = 0; tx < tiles_w; ++tx)
+                    Form::template output<T>([&](index_t b) { return si[b * tiles_w + tx]; },
+                                             [&](index_t j, T value) { row[m * tx + j] = value; });
+                T* out = plane + (m * ty + i) * g.out_w;
+                if (accumulate)
+                    for (index_t ow = 0; ow < g.out_w; ++ow) out[ow] += row[ow];
+                else
+                    std::copy_n(row, g.out_w, out);
+                if (tail) tail->apply(out, k, out - y, g.out_w);
+            }
+        }
+    });
+}
+
 // y[k] (out_channels planes of g.out_h x g.out_w) = (or +=, with `accumulate`) the 3x3
 // convolution of the g.channels planes x with the kernels whose transforms winograd_kernels
 // made, with a convolution's `tail` applied to each output row as it is written. `scratch` holds
@@ -356,7 +394,7 @@ void winograd_input_transform(const T* x, const ConvGeometry& g, index_t ty0, in
 template <class Form, class T>
 void winograd_conv3x3(const T* x, const ConvGeometry& g, const T* u, index_t out_channels, T* y,
                       bool accumulate, T* scratch, const ConvTail<T>* tail = nullptr) {
-    constexpr index_t m = Form::m, t = Form::t, positions = Form::positions;
+    constexpr index_t positions = Form::positions;
     const index_t C = g.channels, K = out_channels;
     const index_t tiles_h = winograd_tiles_h<Form>(g), tiles_w = winograd_tiles_w<Form>(g);
     const index_t rows_per_block = winograd_tile_rows<Form>(g, K);
@@ -374,35 +412,7 @@ void winograd_conv3x3(const T* x, const ConvGeometry& g, const T* u, index_t out
                  products + e * K * tiles, tiles, false, !parallel);
         });
 
-        // Y = A^T M A, cut to the output's edge; a row of tiles at a time, as above.
-        parallel_for(K, parallel, [&](index_t k, int) {
-            std::vector<T> buffer((m * t + m) * tiles_w);
-            T* s = buffer.data();                      // A^T M: m rows of t values per tile
-            T* row = buffer.data() + m * t * tiles_w;  // one output row
-            T* plane = y + k * g.out_h * g.out_w;
-            const index_t e_stride = K * tiles;
-            for (index_t ty = ty0; ty < ty1; ++ty) {
-                const T* mk = products + k * tiles + (ty - ty0) * tiles_w;
-                for (index_t b = 0; b < t; ++b)
-                    for (index_t tx = 0; tx < tiles_w; ++tx)
-                        Form::template output<T>(
-                            [&](index_t a) { return mk[(a * t + b) * e_stride + tx]; },
-                            [&](index_t i, T value) { s[(i * t + b) * tiles_w + tx] = value; });
-                for (index_t i = 0; i < m && m * ty + i < g.out_h; ++i) {
-                    const T* si = s + i * t * tiles_w;
-                    for (index_t tx = 0; tx < tiles_w; ++tx)
-                        Form::template output<T>(
-                            [&](index_t b) { return si[b * tiles_w + tx]; },
-                            [&](index_t j, T value) { row[m * tx + j] = value; });
-                    T* out = plane + (m * ty + i) * g.out_w;
-                    if (accumulate)
-                        for (index_t ow = 0; ow < g.out_w; ++ow) out[ow] += row[ow];
-                    else
-                        std::copy_n(row, g.out_w, out);
-                    if (tail) tail->apply(out, k, out - y, g.out_w);
-                }
-            }
-        });
+        winograd_output_transform<Form>(products, K, g, ty0, ty1, y, accumulate, tail, parallel);
     }
 }
 
@@ -462,6 +472,47 @@ void winograd_conv3x3_transposed(const T* x, const ConvGeometry& g,
         }
     });
     transpose_into(y_t, g.out_h * g.out_w, K, ld, y, accumulate, tail);
+}
+
+// F(2x2, 3x3)'s kernels for the input gradient are the forward's, rearranged. The input
+// gradient convolves with each kernel g turned by 180 degrees, which reverses the three values
+// G is applied to; G's first and last rows are each other's reverse and its middle two read the
+// same reversed, so G g' = P G g with P exchanging entries 0 and 3, and the transformed kernels
+//     U'_e[c][k] = U_{flip(e)}[k][c],
+// flip(e) exchanging row and column indices 0 and 3 of the 4x4 position e. (F(4x4, 3x3)'s G
+// has no such symmetry: its first row scales by 1/4, its last by 1.)
+inline index_t winograd_f2_flipped(index_t e) {
+    const auto flip = [](index_t i) { return i == 0 ? 3 : i == 3 ? 0 : i; };
+    return flip(e / 4) * 4 + flip(e % 4);
+}
+
+// The input gradient's convolution (geometry g from winograd_adjoint, out_channels the forward's
+// input channels) in F(2x2, 3x3) by the forward's kernels as winograd_conv3x3_transposed packed
+// them for Kernel (`forward_u_t`, each U_e^T), so that a Guided Grad-CAM reads one set of them
+// for both passes: M'_e = U'_e V'_e = U_{flip(e)}^T V'_e, the forward's packed U_{flip(e)}^T
+// multiplied from the left (Kernel::multiply_packed_on_left, for up to four vectors of tiles).
+// The products on separate threads, then the output transform by channels.
+template <class Kernel, class T>
+void winograd_f2_adjoint_by_forward_kernels(
+    const T* dy, const ConvGeometry& g,
+    const std::vector<typename Kernel::PackedRight>& forward_u_t, index_t out_channels, T* dx,
+    bool accumulate) {
+    using Form = WinogradF2;
+    constexpr index_t positions = Form::positions;
+    const index_t K = g.channels, C = out_channels, tiles = winograd_tiles<Form>(g);
+    // Loads of V's last row run on past its end: zeros there.
+    const index_t v_size = positions * K * tiles, slack = Kernel::lanes;
+    T* v = thread_scratch<T>(v_size + slack + positions * C * tiles);  // V'[e][k][tile]
+    T* products = v + v_size + slack;                                  // M'[e][c][tile]
+    std::fill_n(v + v_size, slack, T(0));
+    winograd_input_transform<Form>(dy, g, 0, winograd_tiles_h<Form>(g), v, true);
+    parallel_for(positions, true, [&](index_t e, int) {
+        Kernel::multiply_packed_on_left(
+            forward_u_t[static_cast<std::size_t>(winograd_f2_flipped(e))], v + e * K * tiles, tiles,
+            tiles, products + e * C * tiles, tiles);
+    });
+    winograd_output_transform<Form>(products, C, g, 0, winograd_tiles_h<Form>(g), dx, accumulate,
+                                    static_cast<const ConvTail<T>*>(nullptr), true);
 }
 #endif
 

@@ -308,10 +308,28 @@ class WinogradConvolution {
 #if defined(GRADCAM_DETAIL_OWN_GEMM)
     template <class Form>
     void use_transposed(const Tensor<T>& weight, bool adjoint) {
-        if (winograd_tiles<Form>(g_) <= winograd_transposed_small_tiles)
-            use_transposed<Form, GemmKernel<T>>(weight, adjoint);
-        else
+        if (winograd_tiles<Form>(g_) > winograd_transposed_small_tiles)
             use_transposed<Form, PixelMajorKernel<T>>(weight, adjoint);
+        else if (adjoint && std::is_same_v<Form, WinogradF2> &&
+                 winograd_tiles<Form>(g_) <= 4 * GemmKernel<T>::lanes)
+            use_forward_kernels_for_adjoint(weight);
+        else
+            use_transposed<Form, GemmKernel<T>>(weight, adjoint);
+    }
+    // F(2x2, 3x3)'s input gradient by the forward's packed kernels (see
+    // winograd_f2_adjoint_by_forward_kernels), made here if the forward has not made them.
+    // ResNet's 512-channel layer4 keeps 16.8 MB of them per layer, which a Guided Grad-CAM
+    // otherwise doubled: on ResNet-18 the backward of layer4's three 3x3 convolutions took
+    // 3.5-3.7 ms with their own kernels, 3.1 with the forward's, still in cache.
+    void use_forward_kernels_for_adjoint(const Tensor<T>& weight) {
+        using Packed = PackedWinogradKernels<WinogradF2, GemmKernel<T>>;
+        kernels_ = packed_winograd_kernels<WinogradF2, GemmKernel<T>>(weight, false);
+        run_ = [](const void* kernels, const T* x, const ConvGeometry& g, index_t out_channels,
+                  T* y, bool accumulate, const ConvTail<T>* tail) {
+            if (tail) throw std::logic_error("winograd_f2_adjoint_by_forward_kernels: no tail");
+            winograd_f2_adjoint_by_forward_kernels<GemmKernel<T>>(
+                x, g, static_cast<const Packed*>(kernels)->positions, out_channels, y, accumulate);
+        };
     }
     template <class Form, class Kernel>
     void use_transposed(const Tensor<T>& weight, bool adjoint) {
