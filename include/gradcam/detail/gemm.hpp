@@ -211,6 +211,29 @@ struct GemmKernel {
         std::memcpy(p, &v, sizeof(Vec));
     }
 
+    // The first n < lanes values: loaded (the rest zeros), or stored (the rest untouched).
+    static Vec load_first(const T* p, index_t n) {
+#if defined(__AVX512F__)
+        if constexpr (gemm_vector_bytes == 64 && std::is_same_v<T, float>)
+            return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p);
+        if constexpr (gemm_vector_bytes == 64 && std::is_same_v<T, double>)
+            return _mm512_maskz_loadu_pd(static_cast<__mmask8>((1u << n) - 1), p);
+#endif
+        Vec v{};
+        for (index_t i = 0; i < n; ++i) v[i] = p[i];
+        return v;
+    }
+
+    static void store_first(T* p, Vec v, index_t n) {
+#if defined(__AVX512F__)
+        if constexpr (gemm_vector_bytes == 64 && std::is_same_v<T, float>)
+            return _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), v);
+        if constexpr (gemm_vector_bytes == 64 && std::is_same_v<T, double>)
+            return _mm512_mask_storeu_pd(p, static_cast<__mmask8>((1u << n) - 1), v);
+#endif
+        for (index_t i = 0; i < n; ++i) p[i] = v[i];
+    }
+
     static Vec multiply_add(Vec a, Vec b, Vec c) {
 #if defined(__AVX512F__)
         if constexpr (gemm_vector_bytes == 64 && std::is_same_v<T, float>)
@@ -387,7 +410,7 @@ struct GemmKernel {
                                index_t ldc) {
         // As many rows of accumulators as leave a few vector registers for D's row and B's value.
         constexpr index_t registers = gemm_vector_bytes == 64 ? 32 : 16;
-        constexpr int rows = std::min<int>(16, (registers - 4) / DVectors);
+        constexpr int rows = std::min<int>(16, (registers - 2 - DVectors) / DVectors);
         for (index_t pc = 0; pc < b.rows; pc += kc) {
             const index_t depth = std::min(kc, b.rows - pc);
             for (index_t j = 0; j < b.cols; j += nr) {
@@ -424,15 +447,17 @@ struct GemmKernel {
                 for (int v = 0; v < DVectors; ++v) acc[r][v] = multiply_add(ar, dk[v], acc[r][v]);
             }
         }
+        const index_t last = n - (DVectors - 1) * lanes;  // lanes of the last vector stored
         for (int r = 0; r < TileRows; ++r) {
             T* out = c + r * ldc;
-            if (n == DVectors * lanes) {
-                for (int v = 0; v < DVectors; ++v)
-                    store(out + v * lanes, add ? acc[r][v] + load(out + v * lanes) : acc[r][v]);
-                continue;
-            }
-            for (index_t j = 0; j < n; ++j)
-                out[j] = add ? out[j] + acc[r][j / lanes][j % lanes] : acc[r][j / lanes][j % lanes];
+            for (int v = 0; v + 1 < DVectors; ++v)
+                store(out + v * lanes, add ? acc[r][v] + load(out + v * lanes) : acc[r][v]);
+            T* tail = out + (DVectors - 1) * lanes;
+            const Vec& value = acc[r][DVectors - 1];
+            if (last == lanes)
+                store(tail, add ? value + load(tail) : value);
+            else
+                store_first(tail, add ? value + load_first(tail, last) : value, last);
         }
     }
 

@@ -161,7 +161,10 @@ Var<T> max_pool2d(const Var<T>& x, const Pool2dOptions& options = {}) {
     const index_t in_plane = g.height * g.width, out_plane = g.out_h * g.out_w;
     Tensor<T> y = Tensor<T>::uninitialized(Shape{x.shape()[0], x.shape()[1], g.out_h, g.out_w});
     const bool keep_argmax = x.tape().will_record({x});
-    std::vector<std::int32_t> argmax(keep_argmax ? static_cast<std::size_t>(y.size()) : 0);
+    // Written in full by max_pool_plane. A Tensor, so that the buffer cache serves it: a
+    // std::vector was zeroed on one thread and, at 0.8 MB for ResNet's stem, paged in fresh.
+    Tensor<std::int32_t> argmax;
+    if (keep_argmax) argmax = Tensor<std::int32_t>::uninitialized(y.shape());
     const T* xs = x.value().data();
     T* ys = y.data();
     detail::parallel_for(planes, y.size() >= detail::parallel_grain, [&](index_t p, int) {
