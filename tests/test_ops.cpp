@@ -203,15 +203,15 @@ TEST_CASE("ops: conv2d's five lowerings equal the direct sum, forward and back, 
         // (66x66, 289 tiles) then runs untransposed.
         {Shape{1, 16, 66, 66}, Shape{16, 16, 3, 3}, {}, Lowering::winograd_transposed_f4},
         // 16 tiles (8-row register tiles), then 25 for the input gradient and 36 (7-row ones).
-        // Up to 16 tiles, the input gradient reads the forward's kernels (GemmKernel's
-        // multiply_packed_on_left): here 16 and 8 rows (C = 24) from a panel and a part panel of
-        // them (K = 70); 16 tiles (two vectors of doubles, one of floats) ...
         {Shape{1, 24, 7, 7}, Shape{70, 24, 3, 3}, {.padding = 1}, Lowering::winograd_transposed_f2},
-        // ... 9 (part of a vector), and 272 rows, past one block of 256.
-        {Shape{1, 20, 5, 6}, Shape{40, 20, 3, 3}, {.padding = 1}, Lowering::winograd_transposed_f2},
-        {Shape{2, 272, 4, 4}, Shape{17, 272, 3, 3}, {.padding = 1}, Lowering::winograd_transposed_f2},
         {Shape{2, 20, 10, 9}, Shape{33, 20, 3, 3}, {}, Lowering::winograd_transposed_f2},
         {Shape{1, 16, 9, 12}, Shape{16, 16, 3, 3}, {.padding = {2, 1}}, Lowering::winograd_transposed_f2},
+        // Up to 16 tiles the input gradient reads the forward's kernels (GemmKernel's
+        // multiply_packed_on_left). In the first case above: 16 and 8 rows (C = 24) from a panel
+        // and a part panel (K = 70), 16 tiles (two vectors of doubles, one of floats). Here 9
+        // tiles (part of a vector), and 272 rows, past one block of 256.
+        {Shape{1, 20, 5, 6}, Shape{40, 20, 3, 3}, {.padding = 1}, Lowering::winograd_transposed_f2},
+        {Shape{2, 272, 4, 4}, Shape{17, 272, 3, 3}, {.padding = 1}, Lowering::winograd_transposed_f2},
     };
     for (const Case& c : cases) {
         INFO("input " << c.x << ", weight " << c.w);
