@@ -6,7 +6,6 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <vector>
 
 #include "gradcam/detail/im2col.hpp"  // valid_columns
 #include "gradcam/detail/parallel.hpp"
