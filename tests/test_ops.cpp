@@ -377,6 +377,15 @@ TEST_CASE("ops: conv2d_batch_norm equals conv2d, batch_norm2d, add and relu one 
                                 1e-12, "residual gradient alone");
                     check_close(fused_tape.gradient(fused, seed, {xf}, {.relu = rule})[0], s[0],
                                 1e-12, "input gradient alone");
+                    // The residual also reaching the output by itself: the op's backward then
+                    // adds to the residual's gradient rather than writing it.
+                    const auto f_twice =
+                        fused_tape.gradient(fused + rf, seed, {xf, rf}, {.relu = rule});
+                    const auto s_twice =
+                        tape.gradient(separate + rs, seed, {xs, rs}, {.relu = rule});
+                    check_close(f_twice[0], s_twice[0], 1e-12,
+                                "input gradient, residual used twice");
+                    check_close(f_twice[1], s_twice[1], 1e-12, "residual gradient, used twice");
                 }
     }
 }

@@ -12,11 +12,80 @@
 #include <string>
 #include <vector>
 
+#include "gradcam/detail/vectorize.hpp"
 #include "gradcam/ops/batch_norm.hpp"
 #include "gradcam/ops/conv.hpp"
 #include "gradcam/ops/relu.hpp"
 
 namespace gradcam {
+
+namespace detail {
+
+// Where conv2d_batch_norm's backward writes the gradient g that passes its ReLU: dz = g * scale
+// for the convolution, and into the residual's gradient (assigned when `fresh`, else added).
+// Either may be null; `residual` may be dy's own tensor.
+template <class T>
+struct GatedOutputs {
+    T* dz;
+    T scale;
+    T* residual;
+    bool fresh;
+};
+
+// One plane of that, of n values, the gradient that passes the ReLU being gated(i). Plain loops,
+// one per combination of outputs, which GCC vectorises without branches. Eigen's select over the
+// byte mask cast to T took 26 us on 512 planes of 7x7 in cache (one thread), these 7; in a
+// Guided Grad-CAM, where the masks come from memory, ResNet-18's gates went 0.80 -> 0.76 ms.
+template <class T, class Gated>
+void write_gated(index_t n, Gated gated, const GatedOutputs<T>& out) {
+    T* dz = out.dz;
+    T* dr = out.residual;
+    const T scale = out.scale;
+    if (dz && dr && out.fresh) {
+        GRADCAM_INDEPENDENT_ITERATIONS
+        for (index_t i = 0; i < n; ++i) {
+            const T v = gated(i);
+            dz[i] = v * scale;
+            dr[i] = v;
+        }
+    } else if (dz && dr) {
+        GRADCAM_INDEPENDENT_ITERATIONS
+        for (index_t i = 0; i < n; ++i) {
+            const T v = gated(i);
+            dz[i] = v * scale;
+            dr[i] += v;
+        }
+    } else if (dz) {
+        GRADCAM_INDEPENDENT_ITERATIONS
+        for (index_t i = 0; i < n; ++i) dz[i] = gated(i) * scale;
+    } else if (dr && out.fresh) {
+        GRADCAM_INDEPENDENT_ITERATIONS
+        for (index_t i = 0; i < n; ++i) dr[i] = gated(i);
+    } else if (dr) {
+        GRADCAM_INDEPENDENT_ITERATIONS
+        for (index_t i = 0; i < n; ++i) dr[i] += gated(i);
+    }
+}
+
+// The same for the gradient g through a ReLU whose output's sign was kept as a byte per value
+// (`on`), under `rule` (relu_gated's rules, a value at a time).
+template <class T>
+void write_gated_by_relu_mask(ReluRule rule, const std::uint8_t* on, const T* g, index_t n,
+                              const GatedOutputs<T>& out) {
+    switch (rule) {
+        case ReluRule::standard:
+            return write_gated(
+                n, [=](index_t i) { return on[i] != 0 ? g[i] : T(0); }, out);
+        case ReluRule::guided:
+            return write_gated(
+                n, [=](index_t i) { return (on[i] != 0) & (g[i] > T(0)) ? g[i] : T(0); }, out);
+        case ReluRule::deconvnet:
+            return write_gated(
+                n, [=](index_t i) { return g[i] > T(0) ? g[i] : T(0); }, out);
+    }
+}
+
+}  // namespace detail
 
 // A batch norm at inference: running statistics and the optional affine parameters.
 template <class T>
@@ -87,24 +156,20 @@ Var<T> conv2d_batch_norm(const Var<T>& x, const Var<T>& weight, const Var<T>& bi
         // The residual's gradient is g, element by element: it may take dy's own tensor.
         T* dr = want_residual ? sink.of_elementwise(residual_at, fresh).data() : nullptr;
         const ReluRule rule = sink.options().relu;
-        detail::parallel_for(dy.dim(0) * channels, dy.size() >= detail::parallel_grain,
-                             [&](index_t item, int) {
-            const std::size_t k = static_cast<std::size_t>(item % channels);
-            const index_t offset = item * plane;
-            // dz first: dr may be dy's own tensor.
-            const auto tail = [&](const auto& gated) {
-                if (want_conv) detail::array(dz.data() + offset, plane) = gated * a[k];
-                if (want_residual)
-                    detail::assign_or_add(detail::array(dr + offset, plane), gated, fresh);
-            };
-            const auto g = detail::array(dy.data() + offset, plane);
-            if (relu)
-                detail::relu_gated(
-                    rule, detail::array(relu_mask.data() + offset, plane).template cast<T>(), g,
-                    tail);
-            else
-                tail(g);
-        });
+        detail::parallel_for(
+            dy.dim(0) * channels, dy.size() >= detail::parallel_grain, [&](index_t item, int) {
+                const index_t offset = item * plane;
+                const detail::GatedOutputs<T> out{want_conv ? dz.data() + offset : nullptr,
+                                                  a[static_cast<std::size_t>(item % channels)],
+                                                  dr ? dr + offset : nullptr, fresh};
+                const T* g = dy.data() + offset;
+                if (relu)
+                    detail::write_gated_by_relu_mask(rule, relu_mask.data() + offset, g, plane,
+                                                     out);
+                else
+                    detail::write_gated(
+                        plane, [=](index_t i) { return g[i]; }, out);
+            });
         if (want_conv) conv_backward(self, dz, sink);
     };
 
