@@ -325,6 +325,17 @@ TEST_CASE("gradient: adaptive_avg_pool2d") {
             [](const auto& v) { return adaptive_avg_pool2d(v[0], {3, 2}) + adaptive_avg_pool2d(v[0], {3, 2}); },
             random);
     }
+    // One value per bin, as VGG's 7x7 pooling of 224x224 images: a copy, whose backward passes
+    // dy on (or adds it, the second time).
+    SUBCASE("5x4 to 5x4 (a copy), and pooled twice") {
+        check_adaptive("adaptive_avg_pool2d 5x4->5x4", {2, 3, 5, 4}, {5, 4}, random);
+        check_gradients(
+            "adaptive_avg_pool2d 5x4->5x4 twice", {random_normal({2, 3, 5, 4}, random)},
+            [](const auto& v) {
+                return adaptive_avg_pool2d(v[0], {5, 4}) * adaptive_avg_pool2d(v[0], {5, 4});
+            },
+            random);
+    }
 }
 
 TEST_CASE("gradient: relu") {

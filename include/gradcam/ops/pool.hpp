@@ -301,6 +301,23 @@ Var<T> adaptive_avg_pool2d(const Var<T>& x, Size2 output_size) {
     const index_t out_h = output_size.h, out_w = output_size.w;
     const index_t planes = x.shape()[0] * x.shape()[1];
     Tensor<T> y = Tensor<T>::uninitialized(Shape{x.shape()[0], x.shape()[1], out_h, out_w});
+    if (out_h == height && out_w == width) {
+        // One value per bin (VGG's 7x7 pooling of a 224x224 image's features): a copy, and dy
+        // passed back as it is, without the windows' four divisions per value (VGG-16's
+        // 512 x 7 x 7: 0.15 ms each way by the windows, 2 us forward and 4 backward so).
+        std::copy_n(x.value().data(), y.size(), y.data());
+        return x.tape().record(
+            "adaptive_avg_pool2d", std::move(y), {x},
+            [](const Node<T>&, const Tensor<T>& dy, GradientSink<T>& sink) {
+                if (!sink.wants(0)) return;
+                bool fresh = false;
+                T* dx = sink.of_elementwise(0, fresh).data();
+                if (dx == dy.data()) return;
+                detail::assign_or_add(detail::array(dx, dy.size()),
+                                      detail::array(dy.data(), dy.size()), fresh);
+            },
+            BackwardReads{.output = false, .inputs = {false}});
+    }
     detail::parallel_for(planes, x.shape().numel() >= detail::parallel_grain, [&](index_t p, int) {
         const T* in = x.value().data() + p * height * width;
         T* out = y.data() + p * out_h * out_w;
