@@ -67,24 +67,6 @@ void write_gated(index_t n, Gated gated, const GatedOutputs<T>& out) {
     }
 }
 
-// The same for the gradient g through a ReLU whose output's sign was kept as a byte per value
-// (`on`), under `rule` (relu_gated's rules, a value at a time).
-template <class T>
-void write_gated_by_relu_mask(ReluRule rule, const std::uint8_t* on, const T* g, index_t n,
-                              const GatedOutputs<T>& out) {
-    switch (rule) {
-        case ReluRule::standard:
-            return write_gated(
-                n, [=](index_t i) { return on[i] != 0 ? g[i] : T(0); }, out);
-        case ReluRule::guided:
-            return write_gated(
-                n, [=](index_t i) { return (on[i] != 0) & (g[i] > T(0)) ? g[i] : T(0); }, out);
-        case ReluRule::deconvnet:
-            return write_gated(
-                n, [=](index_t i) { return g[i] > T(0) ? g[i] : T(0); }, out);
-    }
-}
-
 }  // namespace detail
 
 // A batch norm at inference: running statistics and the optional affine parameters.
@@ -163,9 +145,12 @@ Var<T> conv2d_batch_norm(const Var<T>& x, const Var<T>& weight, const Var<T>& bi
                                                   a[static_cast<std::size_t>(item % channels)],
                                                   dr ? dr + offset : nullptr, fresh};
                 const T* g = dy.data() + offset;
+                const std::uint8_t* on = relu ? relu_mask.data() + offset : nullptr;
                 if (relu)
-                    detail::write_gated_by_relu_mask(rule, relu_mask.data() + offset, g, plane,
-                                                     out);
+                    detail::with_relu_gate<T>(rule, [&](auto gate) {
+                        detail::write_gated(
+                            plane, [=](index_t i) { return gate(on[i] != 0, g[i]); }, out);
+                    });
                 else
                     detail::write_gated(
                         plane, [=](index_t i) { return g[i]; }, out);

@@ -6,27 +6,32 @@
 
 #include "gradcam/detail/eigen.hpp"
 #include "gradcam/detail/parallel.hpp"
+#include "gradcam/detail/vectorize.hpp"
 #include "gradcam/tape.hpp"
 
 namespace gradcam {
 
 namespace detail {
 
-// Calls use(gated) with the gradient that passes back through a ReLU whose output is `out`,
-// given the gradient g that reaches it, under `rule` (Eigen arrays, element by element).
-template <class Out, class G, class Use>
-void relu_gated(ReluRule rule, const Out& out, const G& g, Use&& use) {
-    const typename G::Scalar zero(0);
+// The gradient g that passes back through a ReLU under Rule, given on = [x > 0]: g or 0.
+template <ReluRule Rule, class T>
+T relu_gate(bool on, T g) {
+    if constexpr (Rule == ReluRule::standard) return on ? g : T(0);
+    if constexpr (Rule == ReluRule::guided) return on & (g > T(0)) ? g : T(0);
+    if constexpr (Rule == ReluRule::deconvnet) return g > T(0) ? g : T(0);
+}
+
+// Calls body(gate) with gate(on, g) = relu_gate<rule>(on, g), the rule fixed at compile time so
+// that a loop over values calling it vectorises without branches.
+template <class T, class Body>
+void with_relu_gate(ReluRule rule, Body&& body) {
     switch (rule) {
         case ReluRule::standard:
-            use((out > zero).select(g, zero));
-            break;
+            return body([](bool on, T g) { return relu_gate<ReluRule::standard>(on, g); });
         case ReluRule::guided:
-            use((out > zero && g > zero).select(g, zero));
-            break;
+            return body([](bool on, T g) { return relu_gate<ReluRule::guided>(on, g); });
         case ReluRule::deconvnet:
-            use(g.max(zero));
-            break;
+            return body([](bool on, T g) { return relu_gate<ReluRule::deconvnet>(on, g); });
     }
 }
 
@@ -50,13 +55,21 @@ Var<T> relu(const Var<T>& x) {
         [](const Node<T>& self, const Tensor<T>& dy, GradientSink<T>& sink) {
             if (!sink.wants(0)) return;
             bool fresh = false;
-            T* dx_all = sink.of_elementwise(0, fresh).data();
-            const ReluRule rule = sink.options().relu;
-            detail::parallel_chunks(dy.size(), [&](index_t begin, index_t count) {
-                auto dx = detail::array(dx_all + begin, count);
-                detail::relu_gated(rule, detail::array(self.value().data() + begin, count),
-                                   detail::array(dy.data() + begin, count),
-                                   [&](const auto& gated) { detail::assign_or_add(dx, gated, fresh); });
+            T* dx_all = sink.of_elementwise(0, fresh).data();  // may be dy's own tensor
+            const T* ys = self.value().data();
+            detail::with_relu_gate<T>(sink.options().relu, [&](auto gate) {
+                detail::parallel_chunks(dy.size(), [&](index_t begin, index_t count) {
+                    const T* y = ys + begin;
+                    const T* g = dy.data() + begin;
+                    T* dx = dx_all + begin;
+                    if (fresh) {
+                        GRADCAM_INDEPENDENT_ITERATIONS
+                        for (index_t i = 0; i < count; ++i) dx[i] = gate(y[i] > T(0), g[i]);
+                    } else {
+                        GRADCAM_INDEPENDENT_ITERATIONS
+                        for (index_t i = 0; i < count; ++i) dx[i] += gate(y[i] > T(0), g[i]);
+                    }
+                });
             });
         },
         BackwardReads{.output = true, .inputs = {false}});
