@@ -479,8 +479,9 @@ void winograd_conv3x3_transposed(const T* x, const ConvGeometry& g,
 // G is applied to; G's first and last rows are each other's reverse and its middle two read the
 // same reversed, so G g' = P G g with P exchanging entries 0 and 3, and the transformed kernels
 //     U'_e[c][k] = U_{flip(e)}[k][c],
-// flip(e) exchanging row and column indices 0 and 3 of the 4x4 position e. (F(4x4, 3x3)'s G
-// has no such symmetry: its first row scales by 1/4, its last by 1.)
+// flip(e) exchanging row and column indices 0 and 3 of the 4x4 position e. (F(2x2, 3x3)'s
+// points 0, 1, -1 and infinity, each replaced by its reciprocal, are the same set; F(4x4,
+// 3x3)'s 2 and -2 would become 1/2 and -1/2, which it does not use.)
 inline index_t winograd_f2_flipped(index_t e) {
     const auto flip = [](index_t i) { return i == 0 ? 3 : i == 3 ? 0 : i; };
     return flip(e / 4) * 4 + flip(e % 4);

@@ -145,9 +145,8 @@ Var<T> conv2d_batch_norm(const Var<T>& x, const Var<T>& weight, const Var<T>& bi
                                                   a[static_cast<std::size_t>(item % channels)],
                                                   dr ? dr + offset : nullptr, fresh};
                 const T* g = dy.data() + offset;
-                const std::uint8_t* on = relu ? relu_mask.data() + offset : nullptr;
                 if (relu)
-                    detail::with_relu_gate<T>(rule, [&](auto gate) {
+                    detail::with_relu_gate<T>(rule, [&, on = relu_mask.data() + offset](auto gate) {
                         detail::write_gated(
                             plane, [=](index_t i) { return gate(on[i] != 0, g[i]); }, out);
                     });

@@ -309,10 +309,9 @@ Var<T> adaptive_avg_pool2d(const Var<T>& x, Size2 output_size) {
         return x.tape().record(
             "adaptive_avg_pool2d", std::move(y), {x},
             [](const Node<T>&, const Tensor<T>& dy, GradientSink<T>& sink) {
-                if (!sink.wants(0)) return;
+                if (!sink.wants(0) || sink.pass_through(0)) return;
                 bool fresh = false;
-                T* dx = sink.of_elementwise(0, fresh).data();
-                if (dx == dy.data()) return;
+                T* dx = sink.of(0, fresh).data();
                 detail::assign_or_add(detail::array(dx, dy.size()),
                                       detail::array(dy.data(), dy.size()), fresh);
             },
