@@ -13,7 +13,12 @@
 #include "gradcam/nn/layers.hpp"
 #include "gradcam/nn/sequential.hpp"
 #include "gradcam/ops/arithmetic.hpp"
+#include "gradcam/ops/linear.hpp"
+#include "gradcam/ops/pool.hpp"
 #include "gradcam/ops/reduce.hpp"
+#include "gradcam/ops/relu.hpp"
+#include "gradcam/ops/reshape.hpp"
+#include "gradcam/random.hpp"
 #include "small_nets.hpp"
 
 using namespace gradcam;
@@ -195,6 +200,128 @@ TEST_CASE("tape: recording from a named layer keeps no backward state below it")
                          "layer '0' was computed but has been released: it lies before the "
                          "recording start '2'",
                          lookup_error);
+}
+
+namespace {
+
+// A VGG-style head over a layer A: max pooling, adaptive pooling, flattening, two linear
+// layers with a ReLU between them; the score weighs the outputs.
+struct HeadCase {
+    index_t images = 2, channels = 4, size = 6;  // A: [images, channels, size, size]
+    Size2 pooled{3, 3};                          // the adaptive pooling's output
+    bool expect_sums = true;                     // tape.expect_channel_sums("A")
+    bool average_pooling = false;                // avg_pool2d (not routing) for max_pool2d
+    bool A_read_twice = false;                   // the score also adds sum(A)
+};
+
+template <class T>
+struct HeadSums {
+    std::optional<Tensor<T>> by_blocks;
+    Tensor<T> sums, from_gradient;  // gradient_channel_sums; sums of tape.gradient's
+};
+
+template <class T>
+HeadSums<T> head_channel_sums(const HeadCase& c) {
+    Random random(11);
+    const auto normal = [&](Shape shape) {
+        Tensor<T> t(std::move(shape));
+        for (T& v : t) v = static_cast<T>(random.normal());
+        return t;
+    };
+    const index_t features = c.channels * c.pooled.h * c.pooled.w;
+    const Tensor<T> a = normal(Shape{c.images, c.channels, c.size, c.size}),
+                    w1 = normal(Shape{7, features}), b1 = normal(Shape{7}),
+                    w2 = normal(Shape{3, 7}), weigh = normal(Shape{c.images, 3});
+    Tape<T> tape;
+    if (c.expect_sums) tape.expect_channel_sums("A");
+    const Var<T> A = named(tape.variable(a), "A");
+    const Var<T> also = c.A_read_twice ? sum(A) : Var<T>();  // read before the pooling reads A
+    const Var<T> pooled = c.average_pooling ? avg_pool2d(A) : max_pool2d(A);
+    const Var<T> h = relu(linear(flatten(adaptive_avg_pool2d(pooled, c.pooled)), tape.constant(w1),
+                                 tape.constant(b1)));
+    const Var<T> y = linear(h, tape.constant(w2));
+    Var<T> score = sum(mul(y, tape.constant(weigh)));
+    if (c.A_read_twice) score = add(score, also);
+
+    HeadSums<T> r;
+    r.by_blocks = tape.channel_sums_by_blocks(score, A);
+    r.sums = tape.gradient_channel_sums(score, A);
+    const Tensor<T> g = tape.gradient(score, {A})[0];
+    const index_t plane = c.size * c.size;
+    r.from_gradient = Tensor<T>(Shape{c.images, c.channels});
+    for (index_t m = 0; m < r.from_gradient.size(); ++m)
+        for (index_t i = 0; i < plane; ++i) r.from_gradient[m] += g[m * plane + i];
+    return r;
+}
+
+}  // namespace
+
+TEST_CASE("tape: channel sums of a layer's gradient through a linear layer's block sums") {
+    SUBCASE("pooled to a copy, to 2x2 and 1x1; one image and four; double and float") {
+        for (const auto& [size, pooled] : {std::pair{6, Size2{3, 3}}, std::pair{6, Size2{2, 2}},
+                                           std::pair{6, Size2{1, 1}}, std::pair{14, Size2{7, 7}}})
+            for (const index_t images : {1, 4}) {
+                CAPTURE(pooled.h);
+                CAPTURE(images);
+                const HeadCase c{.images = images, .size = size, .pooled = pooled};
+                const HeadSums<double> r = head_channel_sums<double>(c);
+                REQUIRE(r.by_blocks.has_value());
+                check_close(*r.by_blocks, r.from_gradient, 1e-12, "by block sums");
+                check_close(r.sums, r.from_gradient, 1e-12, "gradient_channel_sums");
+                const HeadSums<float> f = head_channel_sums<float>(c);
+                REQUIRE(f.by_blocks.has_value());
+                check_close(*f.by_blocks, f.from_gradient, 1e-5, "float, by block sums");
+            }
+    }
+    SUBCASE("runs of one feature (pooled to 1x1) need nothing prepared: W's columns serve") {
+        const HeadSums<double> r =
+            head_channel_sums<double>({.pooled = {1, 1}, .expect_sums = false});
+        REQUIRE(r.by_blocks.has_value());
+        check_close(*r.by_blocks, r.from_gradient, 1e-12, "by W");
+    }
+    SUBCASE("where it does not apply, the sums come from the whole gradient") {
+        for (const HeadCase c : {HeadCase{.expect_sums = false}, HeadCase{.average_pooling = true},
+                                 HeadCase{.A_read_twice = true}}) {
+            CAPTURE(c.expect_sums);
+            CAPTURE(c.images);
+            CAPTURE(c.average_pooling);
+            CAPTURE(c.A_read_twice);
+            const HeadSums<double> r = head_channel_sums<double>(c);
+            CHECK_FALSE(r.by_blocks.has_value());
+            check_close(r.sums, r.from_gradient, 1e-12, "gradient_channel_sums");
+        }
+    }
+    SUBCASE("the block sums are kept with the weight and made again when it changes") {
+        Tensor<double> w = ramp(Shape{3, 8}, -1.0, 0.125);
+        const auto sums = [&w] {
+            Tape<double> tape;
+            tape.expect_channel_sums("A");
+            const Var<double> A = named(tape.variable(ramp(Shape{1, 2, 2, 2}, -0.3, 0.1)), "A");
+            const Var<double> y = linear(flatten(A), tape.constant_reference(w));
+            const Var<double> score = sum(mul(y, tape.constant(ramp(Shape{1, 3}))));
+            return tape.channel_sums_by_blocks(score, A).value();
+        };
+        // Runs of 4: dy R, with R[o, k] the sum of W's row o over positions 4k..4k+3.
+        const auto expected = [&w] {
+            Tensor<double> s(Shape{1, 2});
+            for (index_t o = 0; o < 3; ++o)
+                for (index_t k = 0; k < 2; ++k)
+                    for (index_t i = 0; i < 4; ++i) s[k] += (0.5 + 0.25 * o) * w[o * 8 + 4 * k + i];
+            return s;
+        };
+        check_close(sums(), expected(), 1e-14, "first use");
+        check_close(sums(), expected(), 1e-14, "kept");
+        w[5] += 1.0;
+        check_close(sums(), expected(), 1e-14, "after W changed");
+    }
+    SUBCASE("a layer that is not a feature map") {
+        Tape<double> tape;
+        const Var<double> x = tape.variable(ramp(Shape{2, 3}));
+        CHECK_THROWS_WITH_AS(tape.gradient_channel_sums(sum(x), x),
+                             "gradient_channel_sums layer must have rank 4 (N, K, h, w), got "
+                             "shape [2, 3]",
+                             shape_error);
+    }
 }
 
 TEST_CASE("tape: a value no backward reads is freed with its last Var; kept and held ones stay") {

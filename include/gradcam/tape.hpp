@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <functional>
 #include <memory>
+#include <numeric>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -46,6 +48,22 @@ class Var;
 template <class T>
 using Backward =
     std::function<void(const Node<T>& self, const Tensor<T>& grad_output, GradientSink<T>& sink)>;
+
+// How an op's backward moves the gradient from its output to its one input, as far as
+// Tape::gradient_channel_sums needs to know.
+enum class GradientRouting {
+    opaque,           // anything else
+    within_channels,  // each output channel's gradient goes to the same input channel with its
+                      // total unchanged (max pooling; average pooling whose bins weigh 1 in all)
+    same_order,       // each image's values in the same order (reshape, flatten)
+};
+
+// For a linear layer: the sums of its input gradient over `blocks` equal runs of each row (the
+// channels of a flattened feature map), from its output gradient dy without forming the input
+// gradient; an empty tensor when the op cannot.
+template <class T>
+using BlockSums =
+    std::function<Tensor<T>(const Node<T>& self, const Tensor<T>& grad_output, index_t blocks)>;
 
 // Which values an op's backward reads (shapes can always be read). The tape keeps those for the
 // backward; a value no backward reads is freed with the last Var that refers to it, as in
@@ -107,6 +125,8 @@ class Node {
     Shape shape_;
     const Tensor<T>* external_ = nullptr;  // a parameter or constant referred to without a copy
     std::string op_;
+    GradientRouting routing_ = GradientRouting::opaque;
+    BlockSums<T> block_sums_;
     std::vector<std::string> names_;
     std::vector<std::shared_ptr<Node>> inputs_;
     Backward<T> backward_;
@@ -326,6 +346,40 @@ class Tape {
     void set_fusion_while_recording(bool on) { fusion_while_recording_ = on; }
     bool fusion_while_recording() const { return fusion_while_recording_; }
 
+    // What a recorded op tells gradient_channel_sums; ignored when v's op did not record.
+    void set_routing(const Var<T>& v, GradientRouting routing) {
+        if (recorded_op(v)) v.node_->routing_ = routing;
+    }
+    void set_block_sums(const Var<T>& v, BlockSums<T> block_sums) {
+        if (recorded_op(v)) v.node_->block_sums_ = std::move(block_sums);
+    }
+
+    // The backward will ask for the gradient at `layer` only by its sums over each channel
+    // (Grad-CAM's weights): a linear layer that reads the layer's values, pooled and flattened,
+    // then makes its weight's sums over each channel's run of features, or finds them kept
+    // with the weight (expected_channel_blocks).
+    void expect_channel_sums(std::string layer) { channel_sums_layer_ = std::move(layer); }
+
+    // The channel count K of the layer given to expect_channel_sums, when x holds that layer's
+    // values moved by routing ops alone, so that each image's row of x is K runs of equal
+    // length, one per channel; otherwise 0.
+    index_t expected_channel_blocks(const Var<T>& x) const {
+        if (channel_sums_layer_.empty() || !x.node_) return 0;
+        std::vector<const Node<T>*> path;
+        for (const Node<T>* n = x.node_.get();; n = n->inputs_[0].get()) {
+            const auto& names = n->names_;
+            if (std::find(names.begin(), names.end(), channel_sums_layer_) != names.end()) {
+                if (n->shape().rank() != 4) return 0;
+                index_t blocks = n->shape()[1];
+                for (auto it = path.rbegin(); it != path.rend(); ++it)
+                    blocks = blocks_after(**it, blocks);
+                return blocks;
+            }
+            if (n->routing_ == GradientRouting::opaque || n->inputs_.size() != 1) return 0;
+            path.push_back(n);
+        }
+    }
+
     // Notes that the value named `name` was computed inside a fused op (may_fuse said it could
     // be): find() then explains why it has no value.
     void name_fused(const std::string& name) {
@@ -433,6 +487,62 @@ class Tape {
         return by_tensor;
     }
 
+    // The sums over each channel's positions of d root / d layer: [N, K] for a layer of shape
+    // [N, K, h, w], as Grad-CAM's weights need them. By channel_sums_by_blocks where it applies,
+    // otherwise from the whole gradient.
+    Tensor<T> gradient_channel_sums(const Var<T>& root, const Var<T>& layer,
+                                    const GradientOptions& options = {}) const {
+        detail::expect_rank(layer.shape(), 4, "gradient_channel_sums layer", "N, K, h, w");
+        if (std::optional<Tensor<T>> sums = channel_sums_by_blocks(root, layer, options))
+            return std::move(*sums);
+        const Tensor<T> gradient = this->gradient(root, {layer}, options)[0];
+        const index_t maps = layer.shape()[0] * layer.shape()[1];
+        const index_t plane = layer.shape()[2] * layer.shape()[3];
+        Tensor<T> sums = Tensor<T>::uninitialized(Shape{layer.shape()[0], layer.shape()[1]});
+        for (index_t m = 0; m < maps; ++m) {
+            const T* g = gradient.data() + m * plane;
+            sums[m] = std::accumulate(g, g + plane, T(0));
+        }
+        return sums;
+    }
+
+    // The same without the gradient at `layer`, when every path from it to the root runs
+    // through routing ops (pooling, flattening) into a linear layer that has its block sums:
+    // the sweep then stops at that layer's output. VGG's head is such a path, where this reads
+    // 8 MB of block sums instead of the rows of the first classifier layer's 400 MB of weights
+    // that a gradient goes through. nullopt where the graph does not allow it.
+    std::optional<Tensor<T>> channel_sums_by_blocks(const Var<T>& root, const Var<T>& layer,
+                                                    const GradientOptions& options = {}) const {
+        check_same_tape(root, "gradient_channel_sums");
+        check_same_tape(layer, "gradient_channel_sums");
+        if (layer.shape().rank() != 4 || !layer.differentiable() || !root.differentiable())
+            return std::nullopt;
+        const index_t top = root.node().position_;
+        index_t blocks = layer.shape()[1];
+        for (const Node<T>* n = &layer.node();;) {
+            // The one op that reads n, among those the root can depend on.
+            const Node<T>* reader = nullptr;
+            int reads = 0;
+            for (index_t p = n->position_ + 1; p <= top; ++p)
+                for (const auto& in : nodes_[static_cast<std::size_t>(p)]->inputs_)
+                    if (in.get() == n) {
+                        reader = nodes_[static_cast<std::size_t>(p)].get();
+                        ++reads;
+                    }
+            if (reads != 1) return std::nullopt;
+            if (reader->block_sums_ && reader->inputs_[0].get() == n) {
+                const auto at = nodes_[static_cast<std::size_t>(reader->position_)];
+                const Tensor<T> dy = gradient(root, {Var<T>(at)}, options)[0];
+                Tensor<T> sums = reader->block_sums_(*reader, dy, blocks);
+                if (sums.size() == 0) return std::nullopt;
+                return sums;
+            }
+            if (reader->inputs_.size() != 1 || !(blocks = blocks_after(*reader, blocks)))
+                return std::nullopt;
+            n = reader;
+        }
+    }
+
   private:
     // The reverse sweep behind gradient(): one result per wrt, null where the root does not
     // depend on it.
@@ -519,6 +629,28 @@ class Tape {
         return node;
     }
 
+    bool recorded_op(const Var<T>& v) const {
+        check_same_tape(v, "set_routing");
+        return v.node_->position_ >= 0 && v.node_->backward_ != nullptr;
+    }
+
+    // n's output as runs of each image's values, given that its input is `blocks` runs of equal
+    // length, each within one channel of the layer; 0 where n does not keep that so.
+    static index_t blocks_after(const Node<T>& n, index_t blocks) {
+        if (blocks == 0 || n.inputs_.size() != 1) return 0;
+        const Shape &in = n.inputs_[0]->shape(), &out = n.shape();
+        if (in.rank() < 2 || out.rank() < 1 || in[0] != out[0]) return 0;
+        switch (n.routing_) {
+            case GradientRouting::within_channels:
+                return out.rank() >= 2 && in[1] == out[1] && in[1] % blocks == 0 ? blocks : 0;
+            case GradientRouting::same_order:
+                return blocks;
+            case GradientRouting::opaque:
+                return 0;
+        }
+        return 0;
+    }
+
     // Keeps v's value with its node, for a backward or for find().
     static void hold(const Var<T>& v) {
         if (!v.node_->held_) v.node_->held_ = v.value_;
@@ -558,6 +690,7 @@ class Tape {
     std::unordered_map<std::string, Named> named_;
     std::vector<std::string> name_order_;
     std::string record_from_;
+    std::string channel_sums_layer_;
     bool recording_ = true;
     bool parameters_differentiable_ = false;
     bool fusion_while_recording_ = false;

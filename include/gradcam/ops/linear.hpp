@@ -2,6 +2,7 @@
 #pragma once
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "gradcam/detail/eigen.hpp"
@@ -31,6 +32,28 @@ void split_features(index_t batch, index_t extent, index_t weight_size, Block&& 
     });
 }
 
+// R[o, k] = the sum of run k of W's row o, for `runs` equal runs per row (the channels of a
+// flattened feature map). Kept with W as a convolution's packed weights are: made on first use,
+// remade when W changes.
+template <class T>
+struct LinearRunSums {
+    Tensor<T> sums;  // [out, runs]
+};
+
+template <class T>
+std::shared_ptr<const LinearRunSums<T>> linear_run_sums(const Tensor<T>& weight, index_t runs) {
+    return weight.template derived<LinearRunSums<T>>(
+        static_cast<std::size_t>(runs), [runs](const Tensor<T>& w) {
+            const index_t out = w.dim(0), in = w.dim(1);
+            LinearRunSums<T> r{Tensor<T>::uninitialized(Shape{out, runs})};
+            parallel_for(out, w.size() >= parallel_grain, [&](index_t o, int) {
+                matrix(r.sums.data() + o * runs, runs, 1).noalias() =
+                    matrix(w.data() + o * in, runs, in / runs).rowwise().sum();
+            });
+            return r;
+        });
+}
+
 }  // namespace detail
 
 // x: [N, in], W: [out, in], b: [out] (optional), y: [N, out].
@@ -56,6 +79,13 @@ Var<T> linear(const Var<T>& x, const Var<T>& weight, const Var<T>& bias) {
         detail::matrix(y.data() + first, batch, count, out).noalias() =
             xm * detail::matrix(ws + first * in, count, in).transpose();
     });
+    // Where the tape expects the channel sums of a feature map that x was flattened from, the
+    // sums of dX over each channel's run are dY R (Tape::channel_sums_by_blocks), which reads
+    // R's 8 MB where dX = dY W reads W's 400 (VGG-16's first classifier layer).
+    const index_t runs = x.tape().will_record({x}) ? x.tape().expected_channel_blocks(x) : 0;
+    std::shared_ptr<const detail::LinearRunSums<T>> run_sums;
+    if (runs > 0 && runs < in && in % runs == 0)
+        run_sums = detail::linear_run_sums(weight.value(), runs);
     auto ym = detail::matrix(y.data(), batch, out);
     if (bias) ym.rowwise() += detail::ConstVectorMap<T>(bias.value().data(), out).transpose();
 
@@ -105,9 +135,23 @@ Var<T> linear(const Var<T>& x, const Var<T>& weight, const Var<T>& bias) {
         if (self.input_count() > 2 && sink.wants(2))
             detail::VectorMap<T>(sink.of(2).data(), out) += g.colwise().sum().transpose();
     };
-    if (bias)
-        return x.tape().record("linear", std::move(y), {x, weight, bias}, std::move(backward));
-    return x.tape().record("linear", std::move(y), {x, weight}, std::move(backward));
+    Var<T> result =
+        bias ? x.tape().record("linear", std::move(y), {x, weight, bias}, std::move(backward))
+             : x.tape().record("linear", std::move(y), {x, weight}, std::move(backward));
+    // Runs of one feature each are W's own columns: sums of dX over them are dX = dY W.
+    x.tape().set_block_sums(
+        result, [run_sums, in](const Node<T>& self, const Tensor<T>& dy, index_t runs) {
+            const T* r = runs == in                                  ? self.input(1).value().data()
+                         : run_sums && run_sums->sums.dim(1) == runs ? run_sums->sums.data()
+                                                                     : nullptr;
+            if (!r) return Tensor<T>();
+            const index_t batch = dy.dim(0), out = dy.dim(1);
+            Tensor<T> sums = Tensor<T>::uninitialized(Shape{batch, runs});
+            detail::matrix(sums.data(), batch, runs).noalias() =
+                detail::matrix(dy.data(), batch, out) * detail::matrix(r, out, runs);
+            return sums;
+        });
+    return result;
 }
 
 template <class T>

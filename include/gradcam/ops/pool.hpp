@@ -147,6 +147,14 @@ void max_pool_plane(const T* in, const PoolGeometry& g, T* out, std::int32_t* ar
     }
 }
 
+// Marks a pooling whose backward keeps each channel's gradient total (max pooling sends each
+// output's gradient to one input, an adaptive bin spreads it with weights summing to 1).
+template <class T>
+Var<T> routed_within_channels(Var<T> pooled) {
+    pooled.tape().set_routing(pooled, GradientRouting::within_channels);
+    return pooled;
+}
+
 }  // namespace detail
 
 // forward:  y[n, c, oh, ow] = max over the window of x (padding never wins); ties go to the
@@ -174,7 +182,7 @@ Var<T> max_pool2d(const Var<T>& x, const Pool2dOptions& options = {}) {
             detail::max_pool_plane<T, false>(xs + p * in_plane, g, ys + p * out_plane, nullptr);
     });
     if (!keep_argmax) return x.tape().record("max_pool2d", std::move(y), {x}, nullptr);
-    return x.tape().record(
+    return detail::routed_within_channels(x.tape().record(
         "max_pool2d", std::move(y), {x},
         [argmax = std::move(argmax), in_plane, out_plane](const Node<T>&, const Tensor<T>& dy,
                                                           GradientSink<T>& sink) {
@@ -195,7 +203,7 @@ Var<T> max_pool2d(const Var<T>& x, const Pool2dOptions& options = {}) {
             detail::parallel_for(dy.size() / out_plane, dy.size() >= detail::parallel_grain,
                                  plane_gradient);
         },
-        BackwardReads{.output = false, .inputs = {false}});
+        BackwardReads{.output = false, .inputs = {false}}));
 }
 
 namespace detail {
@@ -306,7 +314,7 @@ Var<T> adaptive_avg_pool2d(const Var<T>& x, Size2 output_size) {
         // passed back as it is, without the windows' four divisions per value (VGG-16's
         // 512 x 7 x 7: 0.15 ms each way by the windows, 2 us forward and 4 backward so).
         std::copy_n(x.value().data(), y.size(), y.data());
-        return x.tape().record(
+        return detail::routed_within_channels(x.tape().record(
             "adaptive_avg_pool2d", std::move(y), {x},
             [](const Node<T>&, const Tensor<T>& dy, GradientSink<T>& sink) {
                 if (!sink.wants(0) || sink.pass_through(0)) return;
@@ -315,7 +323,7 @@ Var<T> adaptive_avg_pool2d(const Var<T>& x, Size2 output_size) {
                 detail::assign_or_add(detail::array(dx, dy.size()),
                                       detail::array(dy.data(), dy.size()), fresh);
             },
-            BackwardReads{.output = false, .inputs = {false}});
+            BackwardReads{.output = false, .inputs = {false}}));
     }
     detail::parallel_for(planes, x.shape().numel() >= detail::parallel_grain, [&](index_t p, int) {
         const T* in = x.value().data() + p * height * width;
@@ -329,7 +337,7 @@ Var<T> adaptive_avg_pool2d(const Var<T>& x, Size2 output_size) {
                                              *out++ = sum / static_cast<T>((h1 - h0) * (w1 - w0));
                                          });
     });
-    return x.tape().record(
+    return detail::routed_within_channels(x.tape().record(
         "adaptive_avg_pool2d", std::move(y), {x},
         [height, width, out_h, out_w, planes](const Node<T>&, const Tensor<T>& dy,
                                               GradientSink<T>& sink) {
@@ -354,7 +362,7 @@ Var<T> adaptive_avg_pool2d(const Var<T>& x, Size2 output_size) {
                                     dx[h * width + w] = assign ? share : dx[h * width + w] + share;
                         });
                 });
-        });
+        }));
 }
 
 }  // namespace gradcam

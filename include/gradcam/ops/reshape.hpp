@@ -14,12 +14,14 @@ Var<T> reshape(const Var<T>& x, Shape shape) {
     if (shape.numel() != x.shape().numel())
         throw shape_error(detail::concat("reshape: cannot view input ", x.shape(), " as ", shape));
     Tensor<T> y = x.value().reshaped(std::move(shape));
-    return x.tape().record("reshape", std::move(y), {x},
-                           [](const Node<T>&, const Tensor<T>& dy, GradientSink<T>& sink) {
-                               if (!sink.wants(0)) return;
-                               Tensor<T>& dx = sink.of(0);
-                               for (index_t i = 0; i < dx.size(); ++i) dx[i] += dy[i];
-                           });
+    Var<T> result = x.tape().record("reshape", std::move(y), {x},
+                                    [](const Node<T>&, const Tensor<T>& dy, GradientSink<T>& sink) {
+                                        if (!sink.wants(0)) return;
+                                        Tensor<T>& dx = sink.of(0);
+                                        for (index_t i = 0; i < dx.size(); ++i) dx[i] += dy[i];
+                                    });
+    x.tape().set_routing(result, GradientRouting::same_order);
+    return result;
 }
 
 // [N, d1, d2, ...] -> [N, d1 * d2 * ...], as torch.flatten(x, 1).
