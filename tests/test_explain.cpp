@@ -61,6 +61,20 @@ void check_image_classifier(const std::string& name) {
         check_close(g.activations, golden.read<float>("activations"), tolerance, "activations");
         check_close(g.gradients, golden.read<float>("gradients"), tolerance, "gradients");
     }
+    SUBCASE("Grad-CAM's weights by the classifier's block sums, without the layer's gradient") {
+        Tape<float> tape;
+        tape.record_from(layer);
+        tape.expect_channel_sums(layer);
+        const Var<float> logits = run_network(net, tape, tape.constant(input));
+        std::vector<index_t> classes;
+        const Var<float> score = Target<float>().score(logits, classes);
+        const Var<float> A = tape.find(layer);
+        const std::optional<Tensor<float>> sums = tape.channel_sums_by_blocks(score, A);
+        REQUIRE(sums.has_value());
+        Tensor<float> means = *sums;
+        for (float& m : means) m /= static_cast<float>(A.shape()[2] * A.shape()[3]);
+        check_close(means, spatial_mean(golden.read<float>("gradients")), tolerance, "means");
+    }
     SUBCASE("Grad-CAM, default target: each image's top class") {
         CamResult<float> r = grad_cam(net, input, layer);
         CHECK(r.classes == top);
@@ -200,7 +214,8 @@ TEST_CASE("explain: errors name what is wrong") {
         lookup_error);
     CHECK_THROWS_WITH_AS(
         grad_cam(net, Tensor<float>(Shape{3, 32, 32}), "features.8"),
-        "layer_gradients input must have rank 4 (N, C, H, W), got shape [3, 32, 32]", shape_error);
+        "layer_gradient_means input must have rank 4 (N, C, H, W), got shape [3, 32, 32]",
+        shape_error);
     CHECK_THROWS_WITH_AS(
         grad_cam(net, Tensor<float>(Shape{1, 4, 32, 32}), "features.8"),
         doctest::Contains(

@@ -38,10 +38,11 @@ Tensor<T> channel_weights(const Tensor<T>& A, const Tensor<T>& dA, Weigh weigh) 
 template <class T, Network<T> Net>
 CamResult<T> grad_cam(Net& net, const Tensor<T>& input, std::string_view layer,
                       const std::type_identity_t<Target<T>>& target = {}) {
-    return gradient_cam(net, input, layer, target, [](const Tensor<T>& A, const Tensor<T>& dy_dA) {
-        const Tensor<T> alpha = spatial_mean(dy_dA);
-        return weighted_channel_sum(alpha, A);  // the ReLU is applied in make_cam_result
-    });
+    LayerGradientMeans<T> g = layer_gradient_means(net, input, layer, target);
+    const Tensor<T>& alpha = g.means;
+    Tensor<T> raw = weighted_channel_sum(alpha, g.activations);  // ReLU'd in make_cam_result
+    return make_cam_result(std::move(raw), input.shape(), std::move(g.outputs),
+                           std::move(g.classes));
 }
 
 // Counterfactual explanation: the regions whose removal would raise the score, from the
@@ -49,11 +50,11 @@ CamResult<T> grad_cam(Net& net, const Tensor<T>& input, std::string_view layer,
 template <class T, Network<T> Net>
 CamResult<T> counterfactual_grad_cam(Net& net, const Tensor<T>& input, std::string_view layer,
                                      const std::type_identity_t<Target<T>>& target = {}) {
-    return gradient_cam(net, input, layer, target, [](const Tensor<T>& A, const Tensor<T>& dy_dA) {
-        Tensor<T> alpha = spatial_mean(dy_dA);
-        for (T& a : alpha) a = -a;
-        return weighted_channel_sum(alpha, A);
-    });
+    LayerGradientMeans<T> g = layer_gradient_means(net, input, layer, target);
+    Tensor<T> alpha = std::move(g.means);
+    for (T& a : alpha) a = -a;
+    return make_cam_result(weighted_channel_sum(alpha, g.activations), input.shape(),
+                           std::move(g.outputs), std::move(g.classes));
 }
 
 // Grad-CAM++ with the closed form for an exponential of the score, as pytorch-grad-cam has it

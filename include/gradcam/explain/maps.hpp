@@ -33,6 +33,16 @@ struct LayerGradients {
     std::vector<index_t> classes;
 };
 
+// A layer's activations and the mean over each channel's positions of the target score's
+// gradient with respect to them.
+template <class T>
+struct LayerGradientMeans {
+    Tensor<T> activations;  // A: [N, K, h, w]
+    Tensor<T> means;        // 1/(hw) sum_ij dy/dA_kij: [N, K]
+    Tensor<T> outputs;
+    std::vector<index_t> classes;
+};
+
 namespace detail {
 
 template <class T>
@@ -46,27 +56,64 @@ void expect_feature_map(const Var<T>& layer_output, std::string_view layer, inde
 
 }  // namespace detail
 
-// One forward that keeps backward state only from `layer` on, and one backward from the
-// target score down to that layer: everything a gradient-weighted CAM needs.
-template <class T, Network<T> Net>
-LayerGradients<T> layer_gradients(Net& net, const Tensor<T>& input,
-                                                           std::string_view layer,
-                                                           const Target<T>& target) {
-    detail::expect_image_batch(input, "layer_gradients");
+// d score / dA averaged over each channel's positions: [N, K] for A of shape [N, K, h, w].
+template <class T>
+Tensor<T> gradient_spatial_means(const Tape<T>& tape, const Var<T>& score, const Var<T>& A) {
+    Tensor<T> means = tape.gradient_channel_sums(score, A);
+    const T positions = static_cast<T>(A.shape()[2] * A.shape()[3]);
+    for (T& m : means) m /= positions;
+    return means;
+}
+
+namespace detail {
+
+// One forward that keeps backward state only from `layer` on, then backward(tape, score, A,
+// result) from the target score down to that layer.
+template <class Result, class T, Network<T> Net, class Backward>
+Result layer_backward(Net& net, const Tensor<T>& input, std::string_view layer,
+                      const Target<T>& target, const char* method, bool channel_sums_only,
+                      Backward backward) {
+    expect_image_batch(input, method);
     Tape<T> tape;
     tape.record_from(std::string(layer));
+    if (channel_sums_only) tape.expect_channel_sums(std::string(layer));
     const Var<T> outputs = run_network(net, tape, tape.constant_reference(input));
     const Var<T> activations = tape.find(layer);
-    detail::expect_feature_map(activations, layer, input.dim(0));
-    LayerGradients<T> result;
+    expect_feature_map(activations, layer, input.dim(0));
+    Result result;
     const Var<T> score = target.score(outputs, result.classes);
     if (!score.differentiable())
-        throw argument_error(
-            detail::concat("the target score does not depend on layer '", layer, "'"));
-    result.gradients = tape.gradient(score, {activations})[0];
+        throw argument_error(concat("the target score does not depend on layer '", layer, "'"));
+    backward(tape, score, activations, result);
     result.activations = activations.value();
     result.outputs = outputs.value();
     return result;
+}
+
+}  // namespace detail
+
+// One forward and one backward to `layer`: everything a gradient-weighted CAM needs.
+template <class T, Network<T> Net>
+LayerGradients<T> layer_gradients(Net& net, const Tensor<T>& input, std::string_view layer,
+                                  const Target<T>& target) {
+    return detail::layer_backward<LayerGradients<T>>(
+        net, input, layer, target, "layer_gradients", false,
+        [](const Tape<T>& tape, const Var<T>& score, const Var<T>& A, LayerGradients<T>& r) {
+            r.gradients = tape.gradient(score, {A})[0];
+        });
+}
+
+// As layer_gradients, for a method that reads the gradient only through its mean over each
+// channel (Grad-CAM's alpha): the backward may then stop short of the layer
+// (Tape::gradient_channel_sums).
+template <class T, Network<T> Net>
+LayerGradientMeans<T> layer_gradient_means(Net& net, const Tensor<T>& input, std::string_view layer,
+                                           const Target<T>& target) {
+    return detail::layer_backward<LayerGradientMeans<T>>(
+        net, input, layer, target, "layer_gradient_means", true,
+        [](const Tape<T>& tape, const Var<T>& score, const Var<T>& A, LayerGradientMeans<T>& r) {
+            r.means = gradient_spatial_means(tape, score, A);
+        });
 }
 
 // [N, K, h, w] -> [N, K]: the mean over the spatial positions of each channel.

@@ -87,6 +87,7 @@ GuidedGradCamResult<T> guided_grad_cam(
     detail::expect_image_batch(input, "guided_grad_cam");
     Tape<T> tape;
     tape.keep(std::string(layer));  // the Grad-CAM half reads it after the forward
+    tape.expect_channel_sums(std::string(layer));
     const Var<T> x = tape.variable(input);
     const Var<T> outputs = run_network(net, tape, x);
     const Var<T> activations = tape.find(layer);
@@ -94,8 +95,7 @@ GuidedGradCamResult<T> guided_grad_cam(
     std::vector<index_t> classes;
     const Var<T> score = target.score(outputs, classes);
 
-    const Tensor<T> dy_dA = tape.gradient(score, {activations})[0];
-    const Tensor<T> alpha = spatial_mean(dy_dA);
+    const Tensor<T> alpha = gradient_spatial_means(tape, score, activations);
     GuidedGradCamResult<T> r;
     r.grad_cam = make_cam_result(weighted_channel_sum(alpha, activations.value()), input.shape(),
                                  outputs.value(), std::move(classes));
