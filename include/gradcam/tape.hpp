@@ -348,10 +348,10 @@ class Tape {
 
     // What a recorded op tells gradient_channel_sums; ignored when v's op did not record.
     void set_routing(const Var<T>& v, GradientRouting routing) {
-        if (recorded_op(v)) v.node_->routing_ = routing;
+        if (recorded_op(v, "set_routing")) v.node_->routing_ = routing;
     }
     void set_block_sums(const Var<T>& v, BlockSums<T> block_sums) {
-        if (recorded_op(v)) v.node_->block_sums_ = std::move(block_sums);
+        if (recorded_op(v, "set_block_sums")) v.node_->block_sums_ = std::move(block_sums);
     }
 
     // The backward will ask for the gradient at `layer` only by its sums over each channel
@@ -629,8 +629,8 @@ class Tape {
         return node;
     }
 
-    bool recorded_op(const Var<T>& v) const {
-        check_same_tape(v, "set_routing");
+    bool recorded_op(const Var<T>& v, const char* caller) const {
+        check_same_tape(v, caller);
         return v.node_->position_ >= 0 && v.node_->backward_ != nullptr;
     }
 
