@@ -377,6 +377,12 @@ TEST_CASE("ops: conv2d_batch_norm equals conv2d, batch_norm2d, add and relu one 
                                 1e-12, "residual gradient alone");
                     check_close(fused_tape.gradient(fused, seed, {xf}, {.relu = rule})[0], s[0],
                                 1e-12, "input gradient alone");
+                    // The op's own gradient requested too: the backward must not gate it in
+                    // place (it may where it is only scratch).
+                    const auto f_own =
+                        fused_tape.gradient(fused, seed, {fused, xf}, {.relu = rule});
+                    check_close(f_own[0], seed, 0.0, "output gradient, requested with the input's");
+                    check_close(f_own[1], s[0], 1e-12, "input gradient, with the output's");
                     // The residual also reaching the output by itself: the op's backward then
                     // adds to the residual's gradient rather than writing it.
                     const auto f_twice =

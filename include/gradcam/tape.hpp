@@ -216,6 +216,15 @@ class GradientSink {
         return true;
     }
 
+    // This node's own gradient dy, given to the backward as scratch of its shape when it is not
+    // a requested result and no input took it (pass_through); else null. For a backward that
+    // computes a temporary element by element from dy: it may overwrite dy in place.
+    std::unique_ptr<Tensor<T>> take_own() {
+        auto& own = (*grads_)[index(*node_)];
+        if ((*is_wrt_)[index(*node_)] || !own) return nullptr;
+        return std::move(own);
+    }
+
     // As of(i, fresh), for a backward where each dx element depends on the same element of dy
     // alone: when dy can be handed down (pass_through), this is dy's own tensor, `fresh` is
     // set, and the backward overwrites it in place, element by element.

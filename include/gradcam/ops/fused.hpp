@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -133,10 +134,13 @@ Var<T> conv2d_batch_norm(const Var<T>& x, const Var<T>& weight, const Var<T>& bi
                      residual_at](const Node<T>& self, const Tensor<T>& dy, GradientSink<T>& sink) {
         const bool want_conv = sink.wants(0) || sink.wants(1) || (has_bias && sink.wants(2));
         const bool want_residual = has_residual && sink.wants(residual_at);
-        Tensor<T> dz = want_conv ? Tensor<T>::uninitialized(dy.shape()) : Tensor<T>();
         bool fresh = false;
-        // The residual's gradient is g, element by element: it may take dy's own tensor.
+        // The residual's gradient is g, element by element: it may take dy's own tensor, else
+        // dz does (overwriting dy in place), else dz is a new tensor.
         T* dr = want_residual ? sink.of_elementwise(residual_at, fresh).data() : nullptr;
+        std::unique_ptr<Tensor<T>> own = want_conv ? sink.take_own() : nullptr;
+        Tensor<T> new_dz = want_conv && !own ? Tensor<T>::uninitialized(dy.shape()) : Tensor<T>();
+        Tensor<T>& dz = own ? *own : new_dz;
         const ReluRule rule = sink.options().relu;
         detail::parallel_for(
             dy.dim(0) * channels, dy.size() >= detail::parallel_grain, [&](index_t item, int) {
