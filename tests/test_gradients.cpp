@@ -224,6 +224,27 @@ TEST_CASE("gradient: conv2d_batch_norm (convolution, batch norm, residual and Re
     }
 }
 
+TEST_CASE("gradient: conv2d_relu (a convolution and its ReLU in one op)") {
+    Random random(109);
+    SUBCASE("3x3, stride 2, with bias") {
+        check_gradients(
+            "conv+relu",
+            {random_normal({2, 3, 7, 7}, random), random_normal({5, 3, 3, 3}, random),
+             random_normal({5}, random)},
+            [](const auto& v) {
+                return conv2d_relu(v[0], v[1], v[2], {.stride = 2, .padding = 1});
+            },
+            random);
+    }
+    SUBCASE("1x1, without bias") {
+        check_gradients(
+            "conv+relu 1x1",
+            {random_normal({2, 4, 5, 6}, random), random_normal({6, 4, 1, 1}, random)},
+            [](const auto& v) { return conv2d_relu(v[0], v[1], Var<scalar_of<decltype(v[0])>>()); },
+            random);
+    }
+}
+
 TEST_CASE("gradient: linear") {
     Random random(202);
     const std::vector<Tensor<double>> inputs{

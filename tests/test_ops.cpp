@@ -304,7 +304,9 @@ TEST_CASE("ops: a strided 1x1 convolution's input gradient is assigned or added,
     }
 }
 
-TEST_CASE("ops: conv2d_batch_norm equals conv2d, batch_norm2d, add and relu one after another, under every ReLU rule") {
+TEST_CASE(
+    "ops: conv2d_batch_norm and conv2d_relu equal conv2d, batch_norm2d, add and relu one after "
+    "another, under every ReLU rule") {
     Random random(83);
     struct Case {
         const char* what;
@@ -393,6 +395,28 @@ TEST_CASE("ops: conv2d_batch_norm equals conv2d, batch_norm2d, add and relu one 
                                 "input gradient, residual used twice");
                     check_close(f_twice[1], s_twice[1], 1e-12, "residual gradient, used twice");
                 }
+        // The convolution and its ReLU alone.
+        for (const bool with_bias : {false, true})
+            for (const ReluRule rule :
+                 {ReluRule::standard, ReluRule::guided, ReluRule::deconvnet}) {
+                INFO(c.what << ", conv2d_relu, bias " << with_bias << ", rule "
+                            << static_cast<int>(rule));
+                Tape<double> fused_tape, tape;
+                const Var<double> xf = fused_tape.variable(x), wf = fused_tape.variable(w);
+                const Var<double> fused = conv2d_relu(
+                    xf, wf, with_bias ? fused_tape.constant(bias) : Var<double>(), c.options);
+                const Var<double> xs = tape.variable(x), ws = tape.variable(w);
+                const Var<double> separate =
+                    relu(with_bias ? conv2d(xs, ws, tape.constant(bias), c.options)
+                                   : conv2d(xs, ws, c.options));
+                check_close(fused.value(), separate.value(), 0.0, "forward");
+                const auto f = fused_tape.gradient(fused, seed, {xf, wf}, {.relu = rule});
+                const auto s = tape.gradient(separate, seed, {xs, ws}, {.relu = rule});
+                check_close(f[0], s[0], 1e-12, "input gradient");
+                check_close(f[1], s[1], 1e-12, "weight gradient");
+                check_close(fused_tape.gradient(fused, seed, {xf}, {.relu = rule})[0], s[0], 1e-12,
+                            "input gradient alone");
+            }
     }
 }
 

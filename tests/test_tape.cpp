@@ -10,6 +10,7 @@
 #include "gradcam/explain/grad_cam.hpp"
 #include "gradcam/explain/saliency.hpp"
 #include "gradcam/models/resnet.hpp"
+#include "gradcam/models/vgg.hpp"
 #include "gradcam/nn/layers.hpp"
 #include "gradcam/nn/sequential.hpp"
 #include "gradcam/ops/arithmetic.hpp"
@@ -196,9 +197,14 @@ TEST_CASE("tape: recording from a named layer keeps no backward state below it")
 
     auto g = tape.gradient(y, {tape.find("2")});
     CHECK(g[0].shape() == Shape{1, 4, 5, 5});
-    CHECK_THROWS_WITH_AS(tape.find("0"),
-                         "layer '0' was computed but has been released: it lies before the "
+    CHECK_THROWS_WITH_AS(tape.find("1"),
+                         "layer '1' was computed but has been released: it lies before the "
                          "recording start '2'",
+                         lookup_error);
+    // The first convolution ran inside one op with its ReLU.
+    CHECK_THROWS_WITH_AS(tape.find("0"),
+                         "layer '0' was computed inside a fused op and not kept; call keep(\"0\") "
+                         "before the forward to have it",
                          lookup_error);
 }
 
@@ -541,6 +547,68 @@ TEST_CASE("nn: a convolution, its batch norm and ReLU run as one op where nothin
                              "not fit with 1 group(s): need input channels = weight.size(1) * "
                              "groups and out_channels divisible by groups",
                              shape_error);
+    }
+}
+
+TEST_CASE(
+    "nn: a VGG's convolutions and their ReLUs run as one op where nothing needs the convolution's "
+    "value") {
+    // features: 0 conv, 1 relu, 2 max pool, 3 conv, 4 relu, 5 conv, 6 relu, 7 max pool.
+    models::Vgg<double> net{models::VggConfig{
+        .layers = {4, 0, 6, 6, 0}, .pooled_size = 2, .hidden = {8}, .dropout = 0.0, .classes = 3}};
+    net.initialise(3);
+    nn::TrainingMode<double> inference(net, false);
+    Random random(4);
+    Tensor<double> input(Shape{2, 3, 8, 8});
+    for (double& v : input) v = random.normal();
+    Tape<double> separate;
+    for (nn::Module<double>* m : net.modules())
+        if (!m->path().empty()) separate.keep(m->path());
+    const Var<double> expected = net(separate.constant(input));
+
+    SUBCASE("inference: the same outputs and names; a kept convolution runs unfused") {
+        Tape<double> tape;
+        const Var<double> y = net(tape.constant(input));
+        CHECK(max_abs_difference(y.value(), expected.value()) == 0);
+        CHECK(tape.names() == separate.names());
+        CHECK_THROWS_WITH_AS(tape.find("features.3"),
+                             "layer 'features.3' was computed inside a fused op and not kept; call "
+                             "keep(\"features.3\") before the forward to have it",
+                             lookup_error);
+        Tape<double> keeping;
+        keeping.keep("features.5");
+        net(keeping.constant(input));
+        CHECK(max_abs_difference(keeping.find("features.5").value(),
+                                 separate.find("features.5").value()) == 0);
+    }
+    SUBCASE("recording: fewer ops, the same gradients under every rule") {
+        Tape<double> plain;
+        const Var<double> x_plain = plain.variable(input);
+        const Var<double> y_plain = sum(net(x_plain));
+        Tape<double> tape;
+        tape.set_fusion_while_recording(true);
+        const Var<double> x = tape.variable(input);
+        const Var<double> y = sum(net(x));
+        CHECK(tape.size() + 3 == plain.size());
+        for (const ReluRule rule : {ReluRule::standard, ReluRule::guided, ReluRule::deconvnet}) {
+            const Tensor<double> g = tape.gradient(y, {x}, {.relu = rule})[0];
+            const Tensor<double> g_plain = plain.gradient(y_plain, {x_plain}, {.relu = rule})[0];
+            CHECK(max_abs_difference(g, g_plain) <= 1e-12 * max_abs(g_plain));
+        }
+    }
+    SUBCASE("explanations: the maps of the layers run one by one, at a ReLU and at a convolution") {
+        auto unfused = [&](const Var<double>& x) { return net(x); };
+        for (const char* layer : {"features.4", "features.3", "features.6"}) {
+            INFO(layer);
+            const GuidedGradCamResult<double> a = guided_grad_cam(net, input, layer);
+            const GuidedGradCamResult<double> b = guided_grad_cam(unfused, input, layer);
+            CHECK(max_abs_difference(a.map, b.map) <= 1e-12 * max_abs(b.map));
+            CHECK(max_abs_difference(a.guided, b.guided) <= 1e-12 * max_abs(b.guided));
+            CHECK(max_abs_difference(a.grad_cam.raw, b.grad_cam.raw) <=
+                  1e-12 * max_abs(b.grad_cam.raw));
+            const CamResult<double> c = grad_cam(net, input, layer);
+            CHECK(max_abs_difference(c.raw, b.grad_cam.raw) <= 1e-12 * max_abs(b.grad_cam.raw));
+        }
     }
 }
 

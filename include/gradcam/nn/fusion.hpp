@@ -1,10 +1,10 @@
-// Conv2d -> BatchNorm2d -> (+ residual) -> ReLU as one op (ops/fused.hpp) wherever nothing
-// needs the values in between: the batch norm normalises with its running statistics, the
-// parameters take no gradients, and the tape allows it (Tape::may_fuse: nobody keeps those
-// values or starts recording at them). Otherwise the modules run one after another. Either way
-// the output has the same values and the same name (the ReLU's; the batch norm's when it is
-// last), and the names in between are known to the tape (find() says why a fused one has no
-// value).
+// Conv2d -> BatchNorm2d -> (+ residual) -> ReLU, and Conv2d -> ReLU, as one op (ops/fused.hpp)
+// wherever nothing needs the values in between: the batch norm normalises with its running
+// statistics, the parameters take no gradients, and the tape allows it (Tape::may_fuse: nobody
+// keeps those values or starts recording at them). Otherwise the modules run one after another.
+// Either way the output has the same values and the same name (the ReLU's; the batch norm's
+// when it is last), and the names in between are known to the tape (find() says why a fused one
+// has no value).
 #pragma once
 
 #include <cstddef>
@@ -34,6 +34,18 @@ bool fusable(nn::Conv2d<T>& conv, nn::BatchNorm2d<T>& bn, nn::ReLU<T>* relu) {
     return variances_positive(std::as_const(bn.running_var()), static_cast<T>(bn.eps()));
 }
 
+// The output shape of conv on x, or the convolution's own error naming the layer: an input that
+// does not fit fails before a fusion names anything.
+template <class T>
+Shape fused_conv_output(nn::Conv2d<T>& conv, const Var<T>& x) {
+    return conv.in_context([&] {
+        const Shape bias_shape = conv.bias() ? conv.bias()->shape() : Shape();
+        const ConvGeometry g = conv_geometry(x.shape(), conv.weight().shape(),
+                                             conv.bias() ? &bias_shape : nullptr, conv.options());
+        return Shape{x.shape()[0], conv.weight().dim(0), g.out_h, g.out_w};
+    });
+}
+
 }  // namespace gradcam::detail
 
 namespace gradcam::nn {
@@ -57,14 +69,7 @@ Var<T> conv_batch_norm(Conv2d<T>& conv, BatchNorm2d<T>& bn, const Var<T>& x,
         return relu ? (*relu)(y) : y;
     };
     if (!fuse) return one_by_one();
-    // An input that does not fit the convolution fails here, before any name is given.
-    const Shape out = conv.in_context([&] {
-        const Shape bias_shape = conv.bias() ? conv.bias()->shape() : Shape();
-        const detail::ConvGeometry g =
-            detail::conv_geometry(x.shape(), conv.weight().shape(),
-                                  conv.bias() ? &bias_shape : nullptr, conv.options());
-        return Shape{x.shape()[0], conv.weight().dim(0), g.out_h, g.out_w};
-    });
+    const Shape out = detail::fused_conv_output(conv, x);
     tape.name_fused(conv.path());
     if (bn_hidden) tape.name_fused(bn.path());
     Var<T> shortcut;
@@ -91,6 +96,26 @@ Var<T> conv_batch_norm(Conv2d<T>& conv, BatchNorm2d<T>& bn, const Var<T>& x,
         tape.name(y, relu->path());
     else if (!bn_hidden)
         tape.name(y, bn.path());
+    return y;
+}
+
+// Conv2d -> ReLU as one op (conv2d_relu), as VGG's layers run, where nothing needs the
+// convolution's value and its parameters take no gradients; otherwise one after the other.
+// The output is named as the ReLU.
+template <class T>
+Var<T> conv_relu(Conv2d<T>& conv, ReLU<T>& relu, const Var<T>& x) {
+    Tape<T>& tape = x.tape();
+    const bool fuse = typeid(conv) == typeid(Conv2d<T>) && typeid(relu) == typeid(ReLU<T>) &&
+                      !conv.path().empty() && !tape.parameters_differentiable() &&
+                      tape.may_fuse(x, conv.path());
+    if (!fuse) return relu(conv(x));
+    detail::fused_conv_output(conv, x);
+    tape.name_fused(conv.path());
+    const Var<T> y = conv.in_context([&] {
+        return conv2d_relu(x, tape.parameter(conv.weight()),
+                           conv.bias() ? tape.parameter(*conv.bias()) : Var<T>(), conv.options());
+    });
+    if (!relu.path().empty()) tape.name(y, relu.path());
     return y;
 }
 

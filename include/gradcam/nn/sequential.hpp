@@ -1,6 +1,6 @@
 // Sequential: children named "0", "1", ... applied in order, as torch.nn.Sequential, so a VGG
 // built from it has the layer names of torchvision's ("features.28"). A convolution followed
-// by a batch norm (and a ReLU) runs as one op where it may (nn/fusion.hpp).
+// by a batch norm (and a ReLU), or by a ReLU, runs as one op where it may (nn/fusion.hpp).
 #pragma once
 
 #include <memory>
@@ -39,10 +39,14 @@ class Sequential : public Module<T> {
         for (std::size_t i = 0; i < size(); ++i) {
             auto* conv = layer_as<Conv2d<T>>(i);
             auto* bn = layer_as<BatchNorm2d<T>>(i + 1);
+            auto* relu = layer_as<ReLU<T>>(i + 1);
             if (conv && bn) {
-                auto* relu = layer_as<ReLU<T>>(i + 2);
-                y = conv_batch_norm(*conv, *bn, y, relu);
-                i += relu ? 2 : 1;
+                auto* bn_relu = layer_as<ReLU<T>>(i + 2);
+                y = conv_batch_norm(*conv, *bn, y, bn_relu);
+                i += bn_relu ? 2 : 1;
+            } else if (conv && relu) {
+                y = conv_relu(*conv, *relu, y);
+                ++i;
             } else {
                 y = (*this)[i](y);
             }
