@@ -9,6 +9,7 @@
 
 #include "gradcam/explain/grad_cam.hpp"
 #include "gradcam/explain/saliency.hpp"
+#include "gradcam/models/cifar_resnet.hpp"
 #include "gradcam/models/resnet.hpp"
 #include "gradcam/models/vgg.hpp"
 #include "gradcam/nn/layers.hpp"
@@ -609,6 +610,50 @@ TEST_CASE(
             const CamResult<double> c = grad_cam(net, input, layer);
             CHECK(max_abs_difference(c.raw, b.grad_cam.raw) <= 1e-12 * max_abs(b.grad_cam.raw));
         }
+    }
+}
+
+TEST_CASE(
+    "nn: a CIFAR ResNet's convolutions, batch norms, shortcuts and ReLUs run as one op each") {
+    models::CifarResNet<double> net(8);  // a stem and one block per stage, the later two strided
+    net.initialise(5);
+    Random random(6);
+    for (nn::Module<double>* m : net.modules())
+        if (auto* bn = dynamic_cast<nn::BatchNorm2d<double>*>(m)) {
+            for (double& v : bn->running_mean()) v = random.normal() * 0.2;
+            for (double& v : bn->running_var()) v = random.uniform(0.5, 2.0);
+        }
+    Tensor<double> input(Shape{2, 3, 8, 8});
+    for (double& v : input) v = random.normal();
+    Tape<double> separate;
+    for (nn::Module<double>* m : net.modules())
+        if (!m->path().empty()) separate.keep(m->path());
+    const Var<double> expected = net(separate.constant(input));
+    Tape<double> tape;
+    CHECK(max_abs_difference(net(tape.constant(input)).value(), expected.value()) == 0);
+
+    Tape<double> plain;
+    const Var<double> x_plain = plain.variable(input);
+    const Var<double> y_plain = sum(net(x_plain));
+    Tape<double> fused;
+    fused.set_fusion_while_recording(true);
+    const Var<double> x = fused.variable(input);
+    const Var<double> y = sum(net(x));
+    CHECK(fused.size() + 7 * 2 + 3 == plain.size());  // 7 convolutions, 3 residual adds
+    CHECK_THROWS_AS(fused.find("layer2.0.bn2"), lookup_error);
+    for (const ReluRule rule : {ReluRule::standard, ReluRule::guided, ReluRule::deconvnet}) {
+        const Tensor<double> g = fused.gradient(y, {x}, {.relu = rule})[0];
+        const Tensor<double> g_plain = plain.gradient(y_plain, {x_plain}, {.relu = rule})[0];
+        CHECK(max_abs_difference(g, g_plain) <= 1e-12 * max_abs(g_plain));
+    }
+    auto unfused = [&](const Var<double>& v) { return net(v); };
+    for (const char* layer : {"layer3", "layer2.0.bn2"}) {
+        INFO(layer);
+        const GuidedGradCamResult<double> a = guided_grad_cam(net, input, layer);
+        const GuidedGradCamResult<double> b = guided_grad_cam(unfused, input, layer);
+        CHECK(max_abs_difference(a.map, b.map) <= 1e-12 * max_abs(b.map));
+        CHECK(max_abs_difference(a.grad_cam.raw, b.grad_cam.raw) <=
+              1e-12 * max_abs(b.grad_cam.raw));
     }
 }
 

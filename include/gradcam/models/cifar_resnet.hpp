@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "gradcam/nn/fusion.hpp"
 #include "gradcam/nn/layers.hpp"
 #include "gradcam/nn/sequential.hpp"
 #include "gradcam/ops/arithmetic.hpp"
@@ -30,10 +31,12 @@ class CifarBasicBlock : public nn::Module<T> {
     }
 
   protected:
+    // Each convolution, batch norm (shortcut) and ReLU as one op where it may (nn/fusion.hpp).
     Var<T> forward(const Var<T>& x) override {
-        Var<T> out = relu(bn1_(conv1_(x)));
-        out = bn2_(conv2_(out));
-        return relu(out + (pad_ >= 0 ? subsample_pad_channels(x, stride_, pad_) : x));
+        const Var<T> out = nn::conv_batch_norm(conv1_, bn1_, x, &relu_);
+        return nn::conv_batch_norm(conv2_, bn2_, out, &relu_, [&] {
+            return pad_ >= 0 ? subsample_pad_channels(x, stride_, pad_) : x;
+        });
     }
 
   private:
@@ -41,6 +44,7 @@ class CifarBasicBlock : public nn::Module<T> {
     nn::BatchNorm2d<T>& bn1_;
     nn::Conv2d<T>& conv2_;
     nn::BatchNorm2d<T>& bn2_;
+    nn::ReLU<T> relu_;      // not a submodule: PyTorch's blocks call F.relu, which has no name
     index_t stride_, pad_;  // pad < 0: identity shortcut
 };
 
@@ -69,7 +73,7 @@ class CifarResNet : public nn::Module<T> {
 
   protected:
     Var<T> forward(const Var<T>& x) override {
-        Var<T> y = relu(bn1_(conv1_(x)));
+        Var<T> y = nn::conv_batch_norm(conv1_, bn1_, x, &relu_);
         for (nn::Sequential<T>* stage : stages_) y = (*stage)(y);
         return (*linear_)(flatten(adaptive_avg_pool2d(y, 1)));
     }
@@ -77,6 +81,7 @@ class CifarResNet : public nn::Module<T> {
   private:
     nn::Conv2d<T>& conv1_;
     nn::BatchNorm2d<T>& bn1_;
+    nn::ReLU<T> relu_;  // as in the blocks
     nn::Sequential<T>* stages_[3] = {};
     nn::Linear<T>* linear_ = nullptr;
 };
