@@ -156,43 +156,37 @@ void side_by_side(benchmark::State& state) {
     }
 }
 
-// Every convolution of ResNet-50 at 224x224, batch 1, as separate conv2d calls: the share of
-// the machine's GEMM speed the convolutions reach (compare with eigen_gemm below). The rate
-// counts the direct convolution's multiply-adds, also where Winograd does fewer: it is the
-// effective rate, what a user waits for. Each shape's fastest call is reported too, as a
-// counter "ms <in>-><out> <k>x<k> s<stride> <h>x<w> x<count>", which scripts/bench_compare
-// sets beside PyTorch's time for the same convolution.
-void resnet50_convolutions(benchmark::State& state) {
-    auto& net = resnet50_network();
-    struct Layer {
-        Tensor<float> x;
-        nn::Conv2d<float>* conv;
-        std::string shape;
-    };
-    std::vector<Layer> layers;
-    Tape<float> tape;
-    std::vector<nn::Conv2d<float>*> convs;
-    for (nn::Module<float>* m : net.modules())
-        if (auto* conv = dynamic_cast<nn::Conv2d<float>*>(m)) {
-            convs.push_back(conv);
-            tape.keep(conv->path());
+// Every convolution of ResNet-50 at 224x224, batch 1, each on an input of its own shape: run()
+// calls them one by one as separate conv2d calls and keeps each shape's fastest call.
+class ResNet50Convolutions {
+  public:
+    ResNet50Convolutions() {
+        auto& net = resnet50_network();
+        Tape<float> tape;
+        std::vector<nn::Conv2d<float>*> convs;
+        for (nn::Module<float>* m : net.modules())
+            if (auto* conv = dynamic_cast<nn::Conv2d<float>*>(m)) {
+                convs.push_back(conv);
+                tape.keep(conv->path());
+            }
+        net(tape.constant(input(1)));
+        for (nn::Conv2d<float>* conv : convs) {
+            const Shape out = tape.find(conv->path()).shape();
+            const Tensor<float>& w = conv->weight();
+            const index_t stride = conv->options().stride.h, h = out[2] * stride, width = out[3] * stride;
+            std::string shape = std::to_string(w.dim(1)) + "->" + std::to_string(w.dim(0)) + " " +
+                                std::to_string(w.dim(2)) + "x" + std::to_string(w.dim(3)) + " s" +
+                                std::to_string(stride) + " " + std::to_string(h) + "x" + std::to_string(width);
+            layers_.push_back({Tensor<float>(Shape{1, w.dim(1), h, width}, 0.5f), conv, shape});
+            by_shape_.try_emplace(shape, std::numeric_limits<double>::infinity(), 0).first->second.second++;
+            macs_ += static_cast<double>(out[1] * out[2] * out[3] * w.dim(1) * w.dim(2) * w.dim(3));
         }
-    net(tape.constant(input(1)));
-    double macs = 0;
-    std::map<std::string, std::pair<double, int>> by_shape;  // fastest call, count
-    for (nn::Conv2d<float>* conv : convs) {
-        const Shape out = tape.find(conv->path()).shape();
-        const Tensor<float>& w = conv->weight();
-        const index_t stride = conv->options().stride.h, h = out[2] * stride, width = out[3] * stride;
-        std::string shape = std::to_string(w.dim(1)) + "->" + std::to_string(w.dim(0)) + " " +
-                            std::to_string(w.dim(2)) + "x" + std::to_string(w.dim(3)) + " s" +
-                            std::to_string(stride) + " " + std::to_string(h) + "x" + std::to_string(width);
-        layers.push_back({Tensor<float>(Shape{1, w.dim(1), h, width}, 0.5f), conv, shape});
-        by_shape.try_emplace(shape, std::numeric_limits<double>::infinity(), 0).first->second.second++;
-        macs += static_cast<double>(out[1] * out[2] * out[3] * w.dim(1) * w.dim(2) * w.dim(3));
     }
-    timed_iterations(state, 2 * macs, [&] {
-        for (Layer& layer : layers) {
+
+    double flop() const { return 2 * macs_; }
+
+    void run() {
+        for (Layer& layer : layers_) {
             Tape<float> t;
             const auto start = std::chrono::steady_clock::now();
             // Both operands by reference, not copied onto the tape: the clock times the
@@ -201,12 +195,37 @@ void resnet50_convolutions(benchmark::State& state) {
                                             layer.conv->options())
                                          .value()
                                          .data());
-            double& best = by_shape[layer.shape].first;
+            double& best = by_shape_[layer.shape].first;
             best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
         }
-    });
-    for (const auto& [shape, entry] : by_shape)
-        state.counters["ms " + shape + " x" + std::to_string(entry.second)] = 1e3 * entry.first;
+    }
+
+    // Each shape's fastest call, as a counter "ms <in>-><out> <k>x<k> s<stride> <h>x<w> x<count>".
+    void report(benchmark::State& state) const {
+        for (const auto& [shape, entry] : by_shape_)
+            state.counters["ms " + shape + " x" + std::to_string(entry.second)] = 1e3 * entry.first;
+    }
+
+  private:
+    struct Layer {
+        Tensor<float> x;
+        nn::Conv2d<float>* conv;
+        std::string shape;
+    };
+    std::vector<Layer> layers_;
+    std::map<std::string, std::pair<double, int>> by_shape_;  // fastest call, count
+    double macs_ = 0;
+};
+
+// ResNet-50's convolutions one by one: the share of the machine's GEMM speed they reach
+// (compare with eigen_gemm below). The rate counts the direct convolution's multiply-adds, also
+// where Winograd does fewer: it is the effective rate, what a user waits for. Each shape's
+// fastest call is reported too, which scripts/bench_compare sets beside PyTorch's time for the
+// same convolution.
+void resnet50_convolutions(benchmark::State& state) {
+    ResNet50Convolutions convolutions;
+    timed_iterations(state, convolutions.flop(), [&] { convolutions.run(); });
+    convolutions.report(state);
 }
 
 // A square n x n x n float product by `multiply(a, b, c)`, the reference speeds.
@@ -225,6 +244,40 @@ void eigen_gemm(benchmark::State& state) {
     square_gemm(state, [](const auto& a, const auto& b, auto& c) { c.noalias() = a * b; });
 }
 
+// Eigen's 2048^3 product and ResNet-50's convolutions in turn in each iteration (the order
+// alternating), so that their rates are compared within the same few seconds, as side_by_side
+// does for the explanations: the fastest rate of each and their ratio.
+void convolutions_side_by_side(benchmark::State& state) {
+    ResNet50Convolutions convolutions;
+    constexpr index_t n = 2048;
+    detail::RowMajorMatrix<float> a = detail::RowMajorMatrix<float>::Random(n, n), b = a, c(n, n);
+    double gemm_best = std::numeric_limits<double>::infinity(), convolutions_best = gemm_best;
+    bool gemm_first = true;
+    const auto timed = [](auto&& body) {
+        const auto start = std::chrono::steady_clock::now();
+        body();
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    };
+    for (auto _ : state) {
+        for (int i = 0; i < 2; ++i) {
+            if ((i == 0) == gemm_first) {
+                gemm_best = std::min(gemm_best, timed([&] {
+                                         c.noalias() = a * b;
+                                         benchmark::DoNotOptimize(c.data());
+                                     }));
+            } else {
+                convolutions_best = std::min(convolutions_best, timed([&] { convolutions.run(); }));
+            }
+        }
+        gemm_first = !gemm_first;
+    }
+    const double gemm_rate = 2e-9 * static_cast<double>(n * n * n) / gemm_best,
+                 convolutions_rate = 1e-9 * convolutions.flop() / convolutions_best;
+    state.counters["eigen_gemm_GFLOP/s"] = gemm_rate;
+    state.counters["convolutions_GFLOP/s"] = convolutions_rate;
+    state.counters["convolutions/eigen_gemm"] = convolutions_rate / gemm_rate;
+}
+
 // The library's own GEMM (detail/gemm.hpp), which the convolutions use, on the same product.
 void gradcam_gemm(benchmark::State& state) {
     square_gemm(state, [](const auto& a, const auto& b, auto& c) {
@@ -238,6 +291,7 @@ void gradcam_gemm(benchmark::State& state) {
 BENCHMARK(gradcam_gemm)->Arg(2048)->Unit(benchmark::kMillisecond)->MinTime(1.0)->UseRealTime();
 BENCHMARK(eigen_gemm)->Arg(2048)->Unit(benchmark::kMillisecond)->MinTime(1.0)->UseRealTime();
 BENCHMARK(resnet50_convolutions)->Unit(benchmark::kMillisecond)->MinTime(1.0)->UseRealTime();
+BENCHMARK(convolutions_side_by_side)->Unit(benchmark::kMillisecond)->MinTime(3.0)->UseRealTime();
 
 #define GRADCAM_BENCH(model, method)                                                       \
     BENCHMARK_CAPTURE(model, method, Method::method)->Arg(1)->Arg(8)->Unit(benchmark::kMillisecond) \
