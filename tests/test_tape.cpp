@@ -551,6 +551,52 @@ TEST_CASE("nn: a convolution, its batch norm and ReLU run as one op where nothin
     }
 }
 
+namespace {
+
+// The network's output on a tape that keeps every module's value, which fuses nothing.
+template <class Net>
+Var<double> run_keeping_all(Net& net, Tape<double>& tape, const Tensor<double>& input) {
+    for (nn::Module<double>* m : net.modules())
+        if (!m->path().empty()) tape.keep(m->path());
+    return net(tape.constant(input));
+}
+
+// A module network recorded as it is and with fusion (as explanations run it): `fused_away`
+// fewer ops, and the same input gradient under every ReLU rule.
+template <class Net>
+void check_recording_fused(Net& net, const Tensor<double>& input, std::size_t fused_away) {
+    Tape<double> plain;
+    const Var<double> x_plain = plain.variable(input);
+    const Var<double> y_plain = sum(net(x_plain));
+    Tape<double> tape;
+    tape.set_fusion_while_recording(true);
+    const Var<double> x = tape.variable(input);
+    const Var<double> y = sum(net(x));
+    CHECK(tape.size() + fused_away == plain.size());
+    for (const ReluRule rule : {ReluRule::standard, ReluRule::guided, ReluRule::deconvnet}) {
+        const Tensor<double> g = tape.gradient(y, {x}, {.relu = rule})[0];
+        const Tensor<double> g_plain = plain.gradient(y_plain, {x_plain}, {.relu = rule})[0];
+        CHECK(max_abs_difference(g, g_plain) <= 1e-12 * max_abs(g_plain));
+    }
+}
+
+// Guided Grad-CAM and Grad-CAM at `layer` of a module network (fused) against the same network
+// run as a callable, which runs its modules one by one.
+template <class Net>
+void check_maps_as_unfused(Net& net, const Tensor<double>& input, const char* layer) {
+    INFO(layer);
+    auto unfused = [&](const Var<double>& x) { return net(x); };
+    const GuidedGradCamResult<double> a = guided_grad_cam(net, input, layer);
+    const GuidedGradCamResult<double> b = guided_grad_cam(unfused, input, layer);
+    CHECK(max_abs_difference(a.map, b.map) <= 1e-12 * max_abs(b.map));
+    CHECK(max_abs_difference(a.guided, b.guided) <= 1e-12 * max_abs(b.guided));
+    CHECK(max_abs_difference(a.grad_cam.raw, b.grad_cam.raw) <= 1e-12 * max_abs(b.grad_cam.raw));
+    const CamResult<double> c = grad_cam(net, input, layer);
+    CHECK(max_abs_difference(c.raw, b.grad_cam.raw) <= 1e-12 * max_abs(b.grad_cam.raw));
+}
+
+}  // namespace
+
 TEST_CASE(
     "nn: a VGG's convolutions and their ReLUs run as one op where nothing needs the convolution's "
     "value") {
@@ -563,9 +609,7 @@ TEST_CASE(
     Tensor<double> input(Shape{2, 3, 8, 8});
     for (double& v : input) v = random.normal();
     Tape<double> separate;
-    for (nn::Module<double>* m : net.modules())
-        if (!m->path().empty()) separate.keep(m->path());
-    const Var<double> expected = net(separate.constant(input));
+    const Var<double> expected = run_keeping_all(net, separate, input);
 
     SUBCASE("inference: the same outputs and names; a kept convolution runs unfused") {
         Tape<double> tape;
@@ -583,33 +627,11 @@ TEST_CASE(
                                  separate.find("features.5").value()) == 0);
     }
     SUBCASE("recording: fewer ops, the same gradients under every rule") {
-        Tape<double> plain;
-        const Var<double> x_plain = plain.variable(input);
-        const Var<double> y_plain = sum(net(x_plain));
-        Tape<double> tape;
-        tape.set_fusion_while_recording(true);
-        const Var<double> x = tape.variable(input);
-        const Var<double> y = sum(net(x));
-        CHECK(tape.size() + 3 == plain.size());
-        for (const ReluRule rule : {ReluRule::standard, ReluRule::guided, ReluRule::deconvnet}) {
-            const Tensor<double> g = tape.gradient(y, {x}, {.relu = rule})[0];
-            const Tensor<double> g_plain = plain.gradient(y_plain, {x_plain}, {.relu = rule})[0];
-            CHECK(max_abs_difference(g, g_plain) <= 1e-12 * max_abs(g_plain));
-        }
+        check_recording_fused(net, input, 3);
     }
     SUBCASE("explanations: the maps of the layers run one by one, at a ReLU and at a convolution") {
-        auto unfused = [&](const Var<double>& x) { return net(x); };
-        for (const char* layer : {"features.4", "features.3", "features.6"}) {
-            INFO(layer);
-            const GuidedGradCamResult<double> a = guided_grad_cam(net, input, layer);
-            const GuidedGradCamResult<double> b = guided_grad_cam(unfused, input, layer);
-            CHECK(max_abs_difference(a.map, b.map) <= 1e-12 * max_abs(b.map));
-            CHECK(max_abs_difference(a.guided, b.guided) <= 1e-12 * max_abs(b.guided));
-            CHECK(max_abs_difference(a.grad_cam.raw, b.grad_cam.raw) <=
-                  1e-12 * max_abs(b.grad_cam.raw));
-            const CamResult<double> c = grad_cam(net, input, layer);
-            CHECK(max_abs_difference(c.raw, b.grad_cam.raw) <= 1e-12 * max_abs(b.grad_cam.raw));
-        }
+        for (const char* layer : {"features.4", "features.3", "features.6"})
+            check_maps_as_unfused(net, input, layer);
     }
 }
 
@@ -626,35 +648,16 @@ TEST_CASE(
     Tensor<double> input(Shape{2, 3, 8, 8});
     for (double& v : input) v = random.normal();
     Tape<double> separate;
-    for (nn::Module<double>* m : net.modules())
-        if (!m->path().empty()) separate.keep(m->path());
-    const Var<double> expected = net(separate.constant(input));
+    const Var<double> expected = run_keeping_all(net, separate, input);
     Tape<double> tape;
     CHECK(max_abs_difference(net(tape.constant(input)).value(), expected.value()) == 0);
 
-    Tape<double> plain;
-    const Var<double> x_plain = plain.variable(input);
-    const Var<double> y_plain = sum(net(x_plain));
+    check_recording_fused(net, input, 7 * 2 + 3);  // 7 convolutions, 3 residual adds
     Tape<double> fused;
     fused.set_fusion_while_recording(true);
-    const Var<double> x = fused.variable(input);
-    const Var<double> y = sum(net(x));
-    CHECK(fused.size() + 7 * 2 + 3 == plain.size());  // 7 convolutions, 3 residual adds
+    net(fused.variable(input));
     CHECK_THROWS_AS(fused.find("layer2.0.bn2"), lookup_error);
-    for (const ReluRule rule : {ReluRule::standard, ReluRule::guided, ReluRule::deconvnet}) {
-        const Tensor<double> g = fused.gradient(y, {x}, {.relu = rule})[0];
-        const Tensor<double> g_plain = plain.gradient(y_plain, {x_plain}, {.relu = rule})[0];
-        CHECK(max_abs_difference(g, g_plain) <= 1e-12 * max_abs(g_plain));
-    }
-    auto unfused = [&](const Var<double>& v) { return net(v); };
-    for (const char* layer : {"layer3", "layer2.0.bn2"}) {
-        INFO(layer);
-        const GuidedGradCamResult<double> a = guided_grad_cam(net, input, layer);
-        const GuidedGradCamResult<double> b = guided_grad_cam(unfused, input, layer);
-        CHECK(max_abs_difference(a.map, b.map) <= 1e-12 * max_abs(b.map));
-        CHECK(max_abs_difference(a.grad_cam.raw, b.grad_cam.raw) <=
-              1e-12 * max_abs(b.grad_cam.raw));
-    }
+    for (const char* layer : {"layer3", "layer2.0.bn2"}) check_maps_as_unfused(net, input, layer);
 }
 
 namespace {
